@@ -1,0 +1,68 @@
+# Everything a fresh machine needs is installed by these targets; see README.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+BUF := tools/buf/node_modules/.bin/buf
+BUF_STAMP := tools/buf/node_modules/.installed
+IMAGE_DIR := build/proto
+BASELINE := proto/breaking-baseline.binpb
+
+.PHONY: help setup codegen codegen-check proto-image proto-lint proto-breaking proto-baseline \
+	lint test run clean
+
+help:
+	@echo "make run      set up and start the local stack (moto + accounts + transfers)"
+	@echo "make test     set up and run every test (lint, types, contracts, codegen drift, pytest)"
+	@echo "make codegen  regenerate gen/ from proto/"
+
+$(STAMP): pyproject.toml $(wildcard gen/*/__init__.py)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(BUF_STAMP): tools/buf/package.json
+	cd tools/buf && npm install --silent --no-audit --no-fund
+	touch $@
+
+setup: $(STAMP) $(BUF_STAMP)
+
+codegen: $(STAMP)
+	$(PY) -m codegen
+
+codegen-check: $(STAMP)
+	$(PY) -m codegen --check
+
+proto-image: $(STAMP)
+	mkdir -p $(IMAGE_DIR)
+	$(PY) -m codegen --image $(IMAGE_DIR)/image.binpb
+
+proto-lint: proto-image $(BUF_STAMP)
+	$(BUF) lint $(IMAGE_DIR)/image.binpb --config proto/buf.yaml --path ledger --path grpcplatform
+
+proto-breaking: proto-image $(BUF_STAMP)
+	$(BUF) breaking $(IMAGE_DIR)/image.binpb --against $(BASELINE) --config proto/buf.yaml
+
+# Accept the current contracts as the new compatibility baseline (a deliberate act).
+proto-baseline: proto-image
+	cp $(IMAGE_DIR)/image.binpb $(BASELINE)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy .
+	$(VENV)/bin/mypy $$(find gen -name '*_platform.py' | sort)
+
+test: setup
+	$(MAKE) --no-print-directory lint proto-lint proto-breaking codegen-check
+	$(VENV)/bin/pytest
+
+run: setup
+	$(PY) tools/devstack.py
+
+clean:
+	rm -rf $(VENV) build tools/buf/node_modules .mypy_cache .ruff_cache .pytest_cache

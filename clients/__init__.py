@@ -1,0 +1,1 @@
+"""Outbound calls: the channel factory and the chain generated clients call through."""

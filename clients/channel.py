@@ -1,0 +1,71 @@
+"""The one place that builds outbound `grpc.aio` channels.
+
+Channels are shared per target (a channel multiplexes calls over HTTP/2, and
+one per call would defeat that) and closed together on shutdown. Options
+follow gRPC's guidance for a client behind Kubernetes: round_robin over the
+addresses DNS returns for a headless Service (`dns:///name:port`),
+keepalive pings that the server's policy permits, and explicit message sizes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from clients.invoker import Connection, DeadlineInvoker, Invoker
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ChannelSettings:
+    max_message_bytes: int = 4 * MIB
+    keepalive_time_s: float = 30.0
+    keepalive_timeout_s: float = 10.0
+    load_balancing: str = "round_robin"
+    # PEM file of the CA that signs the servers' certificates; None: plaintext.
+    tls_root_ca: Path | None = None
+    extra_options: tuple[tuple[str, str | int], ...] = field(default_factory=tuple)
+
+    def grpc_options(self) -> list[tuple[str, str | int]]:
+        service_config: dict[str, object] = {"loadBalancingConfig": [{self.load_balancing: {}}]}
+        return [
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.keepalive_time_ms", int(self.keepalive_time_s * 1000)),
+            ("grpc.keepalive_timeout_ms", int(self.keepalive_timeout_s * 1000)),
+            ("grpc.service_config", json.dumps(service_config)),
+            ("grpc.enable_retries", 0),  # retries belong to our chain, not to gRPC core
+            *self.extra_options,
+        ]
+
+
+class ChannelFactory:
+    """Builds and shares channels per target; `close()` closes them all."""
+
+    def __init__(self, settings: ChannelSettings | None = None, invoker: Invoker | None = None):
+        self._settings = settings or ChannelSettings()
+        self._invoker = invoker or DeadlineInvoker()
+        self._connections: dict[str, Connection] = {}
+
+    def connect(self, target: str) -> Connection:
+        connection = self._connections.get(target)
+        if connection is None:
+            connection = Connection(target, self._new_channel(target), self._invoker)
+            self._connections[target] = connection
+        return connection
+
+    def _new_channel(self, target: str) -> grpc.aio.Channel:
+        options = self._settings.grpc_options()
+        if self._settings.tls_root_ca is None:
+            return grpc.aio.insecure_channel(target, options=options)
+        credentials = grpc.ssl_channel_credentials(self._settings.tls_root_ca.read_bytes())
+        return grpc.aio.secure_channel(target, credentials, options=options)
+
+    async def close(self, grace: float | None = None) -> None:
+        connections, self._connections = list(self._connections.values()), {}
+        for connection in connections:
+            await connection.channel.close(grace)

@@ -1,0 +1,72 @@
+"""What a service hands the runtime, and how the runtime finds the service.
+
+A service is a factory `async def build(context: RuntimeContext) -> Application`
+that reads its own settings (through `context.env`, so errors name the
+variable), builds its stores and clients (through `context.channels`) and
+returns its servicers, readiness checks and shutdown hooks: the service's
+composition root. The runtime finds the factory by name in the
+`grpcplatform.services` entry-point group, or as `module:attribute`, so the
+platform never imports a service.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Protocol
+
+import grpc
+
+from clients.channel import ChannelFactory
+from server.config import ConfigError, EnvReader, ServerConfig
+
+ENTRY_POINT_GROUP = "grpcplatform.services"
+
+ReadinessCheck = Callable[[], Awaitable[bool]]
+
+
+class Servicer(Protocol):
+    """What generated servicer bases provide (see codegen.plugin)."""
+
+    @property
+    def SERVICE_NAME(self) -> str: ...
+
+    def add_to_server(self, server: grpc.aio.Server) -> None: ...
+
+
+@dataclass(frozen=True)
+class Application:
+    servicers: Sequence[Servicer]
+    # Named checks behind `/ready` and gRPC health; a check that raises counts as failed.
+    readiness_checks: Mapping[str, ReadinessCheck] = field(default_factory=dict)
+    # Run after the gRPC server has drained, in order.
+    on_shutdown: Sequence[Callable[[], Awaitable[None]]] = ()
+
+
+@dataclass(frozen=True)
+class RuntimeContext:
+    config: ServerConfig
+    env: EnvReader
+    channels: ChannelFactory
+
+
+AppFactory = Callable[[RuntimeContext], Awaitable[Application]]
+
+
+def load_factory(spec: str) -> AppFactory:
+    """The factory named by `spec`: an entry-point name or `module:attribute`."""
+    if ":" in spec:
+        module_name, _, attribute = spec.partition(":")
+        try:
+            factory: AppFactory = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as error:
+            raise ConfigError(f"SERVICE names {spec!r}, which cannot be loaded: {error}") from None
+        return factory
+    found = {entry.name: entry for entry in entry_points(group=ENTRY_POINT_GROUP)}
+    if spec not in found:
+        names = ", ".join(sorted(found)) or "none installed"
+        raise ConfigError(f"SERVICE must be one of {names} or module:attribute, got {spec!r}")
+    loaded: AppFactory = found[spec].load()
+    return loaded

@@ -1,0 +1,231 @@
+"""Configuration from the environment, validated before anything starts.
+
+Every setting has a name, a type and a default, listed in `SETTINGS` (the
+README's table is checked against it by the tests). A bad value raises
+`ConfigError` whose message is one line naming the variable; `server.main`
+prints it and exits 2 before a port is bound. Services read their own
+variables through the same `EnvReader`, so their errors look the same.
+
+Durations are float seconds with a `_SECONDS` suffix, sizes are bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+_INTEGER = re.compile(r"-?[0-9]+")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    kind: str
+    default: str | None
+    description: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "SERVICE",
+        "string",
+        None,
+        "Service to run: a name of the `grpcplatform.services` entry points "
+        "(`accounts`, `transfers`) or `module:attribute`.",
+    ),
+    Setting("GRPC_HOST", "string", "0.0.0.0", "Address the gRPC port listens on."),
+    Setting("GRPC_PORT", "port", "50051", "gRPC port (0: any free port)."),
+    Setting(
+        "ADMIN_HOST",
+        "string",
+        "0.0.0.0",
+        "Address of the admin HTTP port (`/health`, `/ready`, `/metrics`).",
+    ),
+    Setting("ADMIN_PORT", "port", "8081", "Admin HTTP port (0: any free port)."),
+    Setting(
+        "LOG_LEVEL",
+        "level",
+        "INFO",
+        "Lowest level logged: DEBUG, INFO, WARNING, ERROR or CRITICAL.",
+    ),
+    Setting(
+        "GRPC_MAX_RECEIVE_MESSAGE_BYTES", "int", "4194304", "Largest request message accepted."
+    ),
+    Setting("GRPC_MAX_SEND_MESSAGE_BYTES", "int", "4194304", "Largest response message sent."),
+    Setting(
+        "GRPC_MAX_CONCURRENT_STREAMS", "int", "1000", "Concurrent calls per HTTP/2 connection."
+    ),
+    Setting(
+        "GRPC_KEEPALIVE_TIME_SECONDS",
+        "float",
+        "30",
+        "Idle time after which the server pings a client.",
+    ),
+    Setting(
+        "GRPC_KEEPALIVE_TIMEOUT_SECONDS",
+        "float",
+        "10",
+        "How long a ping may go unanswered before the connection is closed.",
+    ),
+    Setting(
+        "GRPC_MIN_PING_INTERVAL_SECONDS",
+        "float",
+        "10",
+        "Most frequent client keepalive ping the server tolerates.",
+    ),
+    Setting(
+        "GRPC_MAX_CONNECTION_IDLE_SECONDS",
+        "float",
+        "300",
+        "An idle connection is closed after this long.",
+    ),
+    Setting(
+        "GRPC_MAX_CONNECTION_AGE_SECONDS",
+        "float",
+        "300",
+        "A connection is closed (GOAWAY) after this long, so clients behind an L4 "
+        "load balancer reconnect and spread over new pods (gRFC A9).",
+    ),
+    Setting(
+        "GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS",
+        "float",
+        "30",
+        "Time calls on an aged connection get to finish.",
+    ),
+    Setting(
+        "SHUTDOWN_DELAY_SECONDS",
+        "float",
+        "0",
+        "On SIGTERM, time spent NOT_SERVING (health and `/ready`) before the "
+        "listener closes, for load balancers to stop sending.",
+    ),
+    Setting(
+        "SHUTDOWN_GRACE_SECONDS",
+        "float",
+        "20",
+        "Then, time in-flight calls get to finish before they are cancelled.",
+    ),
+)
+_BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+class EnvReader:
+    """Typed, validated reads of environment variables."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def _raw(self, name: str, default: str | None) -> str:
+        if default is None and name in _BY_NAME:
+            default = _BY_NAME[name].default
+        value = self._env.get(name, "").strip()
+        if value:
+            return value
+        if default is None:
+            raise ConfigError(f"{name} is required but not set")
+        return default
+
+    def string(self, name: str, default: str | None = None) -> str:
+        return self._raw(name, default)
+
+    def integer(
+        self, name: str, default: str | None = None, *, minimum: int = 0, maximum: int | None = None
+    ) -> int:
+        raw = self._raw(name, default)
+        bounds = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+        if not _INTEGER.fullmatch(raw):
+            raise ConfigError(f"{name} must be an integer {bounds}, got {raw!r}")
+        value = int(raw)
+        if value < minimum or (maximum is not None and value > maximum):
+            raise ConfigError(f"{name} must be an integer {bounds}, got {raw!r}")
+        return value
+
+    def port(self, name: str, default: str | None = None) -> int:
+        return self.integer(name, default, minimum=0, maximum=65535)
+
+    def seconds(self, name: str, default: str | None = None) -> float:
+        raw = self._raw(name, default)
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number of seconds >= 0, got {raw!r}") from None
+        if not value >= 0 or value == float("inf"):
+            raise ConfigError(f"{name} must be a number of seconds >= 0, got {raw!r}")
+        return value
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str | None = None) -> str:
+        raw = self._raw(name, default)
+        if raw.upper() not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+        return raw.upper()
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    service: str
+    grpc_host: str
+    grpc_port: int
+    admin_host: str
+    admin_port: int
+    log_level: int
+    max_receive_message_bytes: int
+    max_send_message_bytes: int
+    max_concurrent_streams: int
+    keepalive_time: float
+    keepalive_timeout: float
+    min_ping_interval: float
+    max_connection_idle: float
+    max_connection_age: float
+    max_connection_age_grace: float
+    shutdown_delay: float
+    shutdown_grace: float
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ServerConfig:
+        read = EnvReader(env)
+        return cls(
+            service=read.string("SERVICE"),
+            grpc_host=read.string("GRPC_HOST"),
+            grpc_port=read.port("GRPC_PORT"),
+            admin_host=read.string("ADMIN_HOST"),
+            admin_port=read.port("ADMIN_PORT"),
+            log_level=logging.getLevelNamesMapping()[read.choice("LOG_LEVEL", LOG_LEVELS)],
+            max_receive_message_bytes=read.integer("GRPC_MAX_RECEIVE_MESSAGE_BYTES", minimum=1024),
+            max_send_message_bytes=read.integer("GRPC_MAX_SEND_MESSAGE_BYTES", minimum=1024),
+            max_concurrent_streams=read.integer("GRPC_MAX_CONCURRENT_STREAMS", minimum=1),
+            keepalive_time=read.seconds("GRPC_KEEPALIVE_TIME_SECONDS"),
+            keepalive_timeout=read.seconds("GRPC_KEEPALIVE_TIMEOUT_SECONDS"),
+            min_ping_interval=read.seconds("GRPC_MIN_PING_INTERVAL_SECONDS"),
+            max_connection_idle=read.seconds("GRPC_MAX_CONNECTION_IDLE_SECONDS"),
+            max_connection_age=read.seconds("GRPC_MAX_CONNECTION_AGE_SECONDS"),
+            max_connection_age_grace=read.seconds("GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS"),
+            shutdown_delay=read.seconds("SHUTDOWN_DELAY_SECONDS"),
+            shutdown_grace=read.seconds("SHUTDOWN_GRACE_SECONDS"),
+        )
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        def ms(seconds: float) -> int:
+            return int(seconds * 1000)
+
+        return [
+            ("grpc.max_receive_message_length", self.max_receive_message_bytes),
+            ("grpc.max_send_message_length", self.max_send_message_bytes),
+            ("grpc.max_concurrent_streams", self.max_concurrent_streams),
+            ("grpc.keepalive_time_ms", ms(self.keepalive_time)),
+            ("grpc.keepalive_timeout_ms", ms(self.keepalive_timeout)),
+            ("grpc.http2.min_ping_interval_without_data_ms", ms(self.min_ping_interval)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.max_connection_idle_ms", ms(self.max_connection_idle)),
+            ("grpc.max_connection_age_ms", ms(self.max_connection_age)),
+            ("grpc.max_connection_age_grace_ms", ms(self.max_connection_age_grace)),
+            # Two servers must never share a port silently (a stale process would
+            # take half the traffic).
+            ("grpc.so_reuseport", 0),
+        ]

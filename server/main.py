@@ -1,0 +1,62 @@
+"""Entry point: `grpc-platform [SERVICE]`, `python -m server [SERVICE]`.
+
+Reads and validates all configuration, then builds the application through
+its factory, and only then binds ports, so a bad setting exits 2 with one
+line naming the variable and nothing starts half-way. Runs until SIGTERM or
+SIGINT, drains (server.shutdown) and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+from clients.channel import ChannelFactory
+from server.application import RuntimeContext, load_factory
+from server.config import ConfigError, EnvReader, ServerConfig
+from server.logs import configure_logging
+from server.runtime import Runtime, StartupError
+from server.shutdown import ShutdownSignal
+
+EXIT_CONFIG = 2
+EXIT_STARTUP = 1
+
+_log = logging.getLogger(__name__)
+
+
+async def serve(config: ServerConfig, env: Mapping[str, str]) -> None:
+    factory = load_factory(config.service)
+    channels = ChannelFactory()
+    application = await factory(RuntimeContext(config, EnvReader(env), channels))
+    runtime = Runtime(config, application, channels)
+    shutdown = ShutdownSignal()
+    await runtime.start()
+    received = await shutdown.wait()
+    _log.info("shutdown requested", extra={"signal": received})
+    await runtime.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="grpc-platform", description="Run a service of the gRPC platform."
+    )
+    parser.add_argument("service", nargs="?", help="overrides the SERVICE variable")
+    args = parser.parse_args(argv)
+    env = dict(os.environ)
+    if args.service:
+        env["SERVICE"] = args.service
+    try:
+        config = ServerConfig.from_env(env)
+        configure_logging(config.service, config.log_level)
+        asyncio.run(serve(config, env))
+    except ConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except StartupError as error:
+        print(f"startup error: {error}", file=sys.stderr)
+        return EXIT_STARTUP
+    return 0

@@ -1,0 +1,105 @@
+"""Assembles and runs one service process: gRPC server, health, reflection, admin.
+
+`Runtime.start()` binds the gRPC listener with the configured options
+(message sizes, keepalive, `max_connection_age` for L4 load balancers),
+registers the application's servicers, the standard health service and
+server reflection (so `grpcurl list/describe` needs no proto files), then
+starts the admin HTTP port. `Runtime.stop()` is the drain of server.shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+
+from clients.channel import ChannelFactory
+from server.admin import AdminServer
+from server.application import Application
+from server.config import ServerConfig
+from server.health import HealthState
+from server.reflection import enable_reflection
+
+_log = logging.getLogger(__name__)
+
+
+class StartupError(RuntimeError):
+    """The process could not start (e.g. a port is taken); the message says which part."""
+
+
+def host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Runtime:
+    def __init__(
+        self,
+        config: ServerConfig,
+        application: Application,
+        channels: ChannelFactory,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        if registry is None:
+            registry = CollectorRegistry()
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+        self.registry = registry
+        self.config = config
+        self.application = application
+        self.channels = channels
+        names = [servicer.SERVICE_NAME for servicer in application.servicers]
+        self.health = HealthState(names, application.readiness_checks)
+        self.admin = AdminServer(self.health, registry, config.admin_host, config.admin_port)
+        self.server = grpc.aio.server(options=config.grpc_options())
+        for servicer in application.servicers:
+            servicer.add_to_server(self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.server)
+        health_service = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        enable_reflection([*names, health_service], self.server)
+        self.grpc_port = 0
+
+    async def start(self) -> None:
+        address = host_port(self.config.grpc_host, self.config.grpc_port)
+        try:
+            self.grpc_port = self.server.add_insecure_port(address)
+        except RuntimeError:
+            raise StartupError(f"cannot listen for gRPC on {address} (GRPC_PORT)") from None
+        await self.server.start()
+        try:
+            await self.admin.start()
+        except OSError as error:
+            await self.server.stop(None)
+            admin = host_port(self.config.admin_host, self.config.admin_port)
+            raise StartupError(
+                f"cannot listen for admin HTTP on {admin} (ADMIN_PORT): {error.strerror}"
+            ) from None
+        await self.health.start()
+        _log.info(
+            "serving",
+            extra={
+                "services": [s.SERVICE_NAME for s in self.application.servicers],
+                "grpc_port": self.grpc_port,
+                "admin_port": self.admin.port,
+            },
+        )
+
+    async def stop(self) -> None:
+        config = self.config
+        _log.info(
+            "draining", extra={"delay_s": config.shutdown_delay, "grace_s": config.shutdown_grace}
+        )
+        await self.health.drain()
+        await asyncio.sleep(config.shutdown_delay)
+        await self.server.stop(config.shutdown_grace)
+        for hook in self.application.on_shutdown:
+            try:
+                await hook()
+            except Exception:
+                _log.exception("shutdown hook failed")
+        await self.channels.close()
+        await self.health.close()
+        await self.admin.stop()
+        _log.info("stopped")

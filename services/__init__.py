@@ -1,0 +1,1 @@
+"""Reference services built only on the platform's public API: the ledger."""

@@ -1,0 +1,1 @@
+"""The Accounts service of the reference ledger."""

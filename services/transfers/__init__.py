@@ -1,0 +1,1 @@
+"""The Transfers service of the reference ledger."""

@@ -1,0 +1,50 @@
+"""Fixtures: real runtimes on loopback, in the test's own event loop."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from clients.channel import ChannelFactory
+from server.application import AppFactory, RuntimeContext
+from server.config import EnvReader, ServerConfig
+from server.runtime import Runtime
+from tests.support.net import HOST
+
+StartRuntime = Callable[..., Awaitable[Runtime]]
+
+
+@pytest.fixture
+async def start_runtime() -> AsyncIterator[StartRuntime]:
+    """Starts `factory`'s application on free ports; every runtime is stopped afterwards."""
+    started: list[Runtime] = []
+
+    async def start(factory: AppFactory, **settings: str) -> Runtime:
+        env = {
+            "SERVICE": "in-process",
+            "GRPC_HOST": HOST,
+            "GRPC_PORT": "0",
+            "ADMIN_HOST": HOST,
+            "ADMIN_PORT": "0",
+            "SHUTDOWN_GRACE_SECONDS": "1",
+            **settings,
+        }
+        config = ServerConfig.from_env(env)
+        channels = ChannelFactory()
+        application = await factory(RuntimeContext(config, EnvReader(env), channels))
+        runtime = Runtime(config, application, channels)
+        await runtime.start()
+        started.append(runtime)
+        return runtime
+
+    yield start
+    for runtime in reversed(started):
+        await runtime.stop()
+
+
+@pytest.fixture
+async def channels() -> AsyncIterator[ChannelFactory]:
+    factory = ChannelFactory()
+    yield factory
+    await factory.close()

@@ -1,0 +1,104 @@
+"""Configuration: typed, validated, one clear line naming the bad variable."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from server.config import SETTINGS, ConfigError, EnvReader, ServerConfig
+from tests.support.net import PYTHON, ROOT, free_port, port_open, service_env
+
+
+def test_defaults_parse() -> None:
+    config = ServerConfig.from_env({"SERVICE": "accounts"})
+    assert config.grpc_port == 50051
+    assert config.max_connection_age == 300.0
+    assert config.max_connection_age_grace == 30.0
+    assert dict(config.grpc_options())["grpc.max_connection_age_ms"] == 300_000
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("GRPC_PORT", "abc"),
+        ("GRPC_PORT", "70000"),
+        ("ADMIN_PORT", "-1"),
+        ("LOG_LEVEL", "LOUD"),
+        ("SHUTDOWN_GRACE_SECONDS", "soon"),
+        ("SHUTDOWN_DELAY_SECONDS", "-3"),
+        ("GRPC_MAX_CONNECTION_AGE_SECONDS", "nan"),
+        ("GRPC_MAX_RECEIVE_MESSAGE_BYTES", "12"),
+    ],
+)
+def test_bad_value_names_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^{name} ") as caught:
+        ServerConfig.from_env({"SERVICE": "accounts", name: value})
+    assert "\n" not in str(caught.value)
+    assert repr(value) in str(caught.value)
+
+
+def test_missing_service_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"^SERVICE is required"):
+        ServerConfig.from_env({})
+
+
+@given(st.text(max_size=20))
+def test_port_accepts_exactly_the_valid_ports(raw: str) -> None:
+    reader = EnvReader({"P": raw})
+    stripped = raw.strip()
+    valid = bool(re.fullmatch(r"-?[0-9]+", stripped)) and 0 <= int(stripped) <= 65535
+    if not stripped:
+        with pytest.raises(ConfigError):
+            reader.port("P")  # no default for an unknown name
+    elif valid:
+        assert reader.port("P") == int(stripped)
+    else:
+        with pytest.raises(ConfigError, match=r"^P must be an integer"):
+            reader.port("P")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("GRPC_PORT", "not-a-port"), ("LOG_LEVEL", "CHATTY"), ("SERVICE", "no-such-service")],
+)
+def test_process_exits_2_with_one_line_and_binds_nothing(name: str, value: str) -> None:
+    grpc_port, admin_port = free_port(), free_port()
+    env = service_env("accounts", grpc_port, admin_port, **{name: value})
+    result = subprocess.run(
+        [PYTHON, "-m", "server"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"configuration error: {name} ")
+    assert not port_open(grpc_port)
+    assert not port_open(admin_port)
+
+
+def test_taken_port_is_one_startup_line_and_nothing_left_listening() -> None:
+    grpc_port, admin_port = free_port(), free_port()
+    env = service_env("accounts", grpc_port, admin_port)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", grpc_port))
+        taken.listen()
+        result = subprocess.run(
+            [PYTHON, "-m", "server"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("startup error: cannot listen")
+    assert "GRPC_PORT" in result.stderr
+    assert not port_open(admin_port)
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for setting in SETTINGS:
+        row = re.search(rf"^\| `{setting.name}` \|(.+)$", readme, re.MULTILINE)
+        assert row, f"README's configuration table lacks {setting.name}"
+        if setting.default is not None:
+            assert f"`{setting.default}`" in row.group(1), setting.name
