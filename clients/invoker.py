@@ -7,7 +7,9 @@ the call rather than `grpc.aio` client interceptors, which cost an extra task
 and call object per RPC.
 
 `DeadlineInvoker` is the base of the chain: no call leaves without a deadline
-(the caller's, else the contract's default for the method).
+(the caller's, else the contract's default for the method), and none outlives
+the inbound call being served: it is capped by `remaining_budget()` (from
+interceptors.deadline) less a small reserve for the answer to travel back.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 import grpc
 
+from interceptors.deadline import remaining_budget
 from interceptors.policy import MethodPolicy
 
 Request = TypeVar("Request")
@@ -82,11 +85,20 @@ def _iterator(requests: AsyncIterable[Request]) -> AsyncIterator[Request]:
 
 
 class DeadlineInvoker:
-    """Gives every call a deadline: the caller's `timeout`, else the method's default."""
+    """Gives every call a deadline: the caller's `timeout`, else the method's default,
+    capped by the inbound call's remaining budget less `reserve` seconds."""
 
-    @staticmethod
-    def deadline(policy: MethodPolicy, timeout: float | None) -> float:
-        return policy.default_deadline if timeout is None else timeout
+    def __init__(self, reserve: float = 0.005) -> None:
+        self.reserve = reserve
+
+    def deadline(self, policy: MethodPolicy, timeout: float | None) -> float:
+        deadline = policy.default_deadline if timeout is None else timeout
+        budget = remaining_budget()
+        if budget is not None:
+            deadline = min(deadline, budget - self.reserve)
+        # An exhausted budget still gets a tiny positive deadline: the call then fails
+        # DEADLINE_EXCEEDED at once instead of going out with no deadline at all.
+        return max(deadline, 0.001)
 
     async def unary_unary(
         self,

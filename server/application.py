@@ -15,11 +15,14 @@ import importlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
 from clients.channel import ChannelFactory
+from interceptors.call import Layer
+from interceptors.errors import ErrorMapper
+from interceptors.policy import MethodPolicy
 from server.config import ConfigError, EnvReader, ServerConfig
 
 ENTRY_POINT_GROUP = "grpcplatform.services"
@@ -33,7 +36,10 @@ class Servicer(Protocol):
     @property
     def SERVICE_NAME(self) -> str: ...
 
-    def add_to_server(self, server: grpc.aio.Server) -> None: ...
+    @property
+    def METHODS(self) -> Mapping[str, MethodPolicy]: ...
+
+    def rpc_method_handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]: ...
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,12 @@ class Application:
     readiness_checks: Mapping[str, ReadinessCheck] = field(default_factory=dict)
     # Run after the gRPC server has drained, in order.
     on_shutdown: Sequence[Callable[[], Awaitable[None]]] = ()
+    # The service's own chain layers, run after the platform's (see server.chain).
+    interceptors: Sequence[Layer] = ()
+    # ErrorInfo.domain of this service's errors, e.g. "accounts.ledger.internal".
+    error_domain: str = ""
+    # Maps the service's own exception types to platform errors (override `translate`).
+    errors: ErrorMapper = field(default_factory=ErrorMapper)
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,12 @@ Durations are float seconds with a `_SECONDS` suffix, sizes are bytes.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from interceptors.ratelimit import Rate
 
 _INTEGER = re.compile(r"-?[0-9]+")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -107,6 +110,63 @@ SETTINGS: tuple[Setting, ...] = (
         "listener closes, for load balancers to stop sending.",
     ),
     Setting(
+        "MAX_DEADLINE_SECONDS",
+        "float",
+        "60",
+        "Longest deadline a call gets; a caller's longer (or absent-and-default) one is clamped.",
+    ),
+    Setting(
+        "ERROR_DOMAIN",
+        "string",
+        "",
+        "`ErrorInfo.domain` of this service's errors (empty: the application's, "
+        "else `<SERVICE>.grpc-platform.internal`).",
+    ),
+    Setting(
+        "LOG_CALLS",
+        "ALL, ERRORS or NONE",
+        "ALL",
+        "Which calls get an access-log line: every call, failed calls only, or none.",
+    ),
+    Setting(
+        "LOG_REDACT_FIELDS",
+        "list",
+        "password,secret,token,authorization,api_key",
+        "Field names never logged (besides fields marked `debug_redact` in the contract).",
+    ),
+    Setting(
+        "TRACING_EXPORTER",
+        "NONE, CONSOLE or OTLP",
+        "NONE",
+        "Where spans go; OTLP reads the standard `OTEL_EXPORTER_OTLP_*` variables.",
+    ),
+    Setting(
+        "TRACING_SAMPLE_RATIO",
+        "ratio",
+        "1",
+        "Share of new traces sampled (parent-based: a caller's decision is kept).",
+    ),
+    Setting(
+        "RATE_LIMIT_RPS",
+        "float",
+        "0",
+        "Calls per second per method and caller (`x-client-id`, else address); 0: off.",
+    ),
+    Setting(
+        "RATE_LIMIT_BURST", "float", "0", "Bucket size of the rate limit (0: same as the rate)."
+    ),
+    Setting(
+        "RATE_LIMIT_OVERRIDES",
+        "list",
+        "",
+        "Per-method limits, e.g. `ledger.v1.Accounts/Withdraw=10:20` (rate:burst), "
+        "comma-separated; a rate of 0 turns the limit off for that method.",
+    ),
+    Setting("SHED_ENABLED", "bool", "true", "Adaptive concurrency limit (load shedding) on."),
+    Setting("SHED_INITIAL_LIMIT", "int", "100", "Concurrency limit at start."),
+    Setting("SHED_MIN_LIMIT", "int", "20", "The limit never goes below this."),
+    Setting("SHED_MAX_LIMIT", "int", "1000", "The limit never goes above this."),
+    Setting(
         "SHUTDOWN_GRACE_SECONDS",
         "float",
         "20",
@@ -160,11 +220,86 @@ class EnvReader:
             raise ConfigError(f"{name} must be a number of seconds >= 0, got {raw!r}")
         return value
 
+    def ratio(self, name: str, default: str | None = None) -> float:
+        raw = self._raw(name, default)
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{name} must be a number from 0 to 1, got {raw!r}")
+        return value
+
+    def boolean(self, name: str, default: str | None = None) -> bool:
+        raw = self._raw(name, default)
+        lowered = raw.lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+    def names(self, name: str, default: str | None = None) -> tuple[str, ...]:
+        raw = self._raw(name, default)
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+
     def choice(self, name: str, choices: tuple[str, ...], default: str | None = None) -> str:
         raw = self._raw(name, default)
         if raw.upper() not in choices:
             raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
         return raw.upper()
+
+
+def _positive(read: EnvReader, name: str) -> float:
+    value = read.seconds(name)
+    if value <= 0:
+        raise ConfigError(f"{name} must be a number of seconds > 0, got '{value:g}'")
+    return value
+
+
+def _rate(name: str, per_second: float, burst: float) -> Rate | None:
+    if per_second == 0:
+        return None
+    if per_second < 0:
+        raise ConfigError(f"{name}: the rate must be >= 0, got {per_second:g}")
+    burst = burst or per_second
+    if burst < 1:
+        raise ConfigError(f"{name}: the burst must be at least 1 call, got {burst:g}")
+    return Rate(per_second, burst)  # Rate checks rate > 0 (ValueError otherwise)
+
+
+def _rate_overrides(entries: tuple[str, ...]) -> dict[str, Rate | None]:
+    overrides: dict[str, Rate | None] = {}
+    for entry in entries:
+        method, _, limit = entry.partition("=")
+        rate, _, burst = limit.partition(":")
+        try:
+            if method.count("/") != 1 or not method.strip("/"):
+                raise ValueError(entry)
+            overrides["/" + method.strip().lstrip("/")] = _rate(
+                "RATE_LIMIT_OVERRIDES", float(rate), float(burst or 0)
+            )
+        except ValueError:
+            raise ConfigError(
+                "RATE_LIMIT_OVERRIDES entries must look like "
+                f"package.Service/Method=rate[:burst], got {entry!r}"
+            ) from None
+    return overrides
+
+
+def _shed_limits(read: EnvReader) -> dict[str, int]:
+    limits = {
+        "shed_initial_limit": read.integer("SHED_INITIAL_LIMIT", minimum=1),
+        "shed_min_limit": read.integer("SHED_MIN_LIMIT", minimum=1),
+        "shed_max_limit": read.integer("SHED_MAX_LIMIT", minimum=1),
+    }
+    if not limits["shed_min_limit"] <= limits["shed_initial_limit"] <= limits["shed_max_limit"]:
+        raise ConfigError(
+            "SHED_INITIAL_LIMIT must lie between SHED_MIN_LIMIT and SHED_MAX_LIMIT, got "
+            f"{limits['shed_initial_limit']} not in "
+            f"{limits['shed_min_limit']}..{limits['shed_max_limit']}"
+        )
+    return limits
 
 
 @dataclass(frozen=True)
@@ -186,6 +321,18 @@ class ServerConfig:
     max_connection_age_grace: float
     shutdown_delay: float
     shutdown_grace: float
+    max_deadline: float
+    error_domain: str
+    log_calls: str
+    log_redact_fields: tuple[str, ...]
+    tracing_exporter: str
+    tracing_sample_ratio: float
+    rate_limit: Rate | None
+    rate_limit_overrides: Mapping[str, Rate | None]
+    shed_enabled: bool
+    shed_initial_limit: int
+    shed_min_limit: int
+    shed_max_limit: int
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ServerConfig:
@@ -208,7 +355,27 @@ class ServerConfig:
             max_connection_age_grace=read.seconds("GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS"),
             shutdown_delay=read.seconds("SHUTDOWN_DELAY_SECONDS"),
             shutdown_grace=read.seconds("SHUTDOWN_GRACE_SECONDS"),
+            max_deadline=_positive(read, "MAX_DEADLINE_SECONDS"),
+            error_domain=read.string("ERROR_DOMAIN"),
+            log_calls=read.choice("LOG_CALLS", ("ALL", "ERRORS", "NONE")),
+            log_redact_fields=read.names("LOG_REDACT_FIELDS"),
+            tracing_exporter=read.choice("TRACING_EXPORTER", ("NONE", "CONSOLE", "OTLP")),
+            tracing_sample_ratio=read.ratio("TRACING_SAMPLE_RATIO"),
+            rate_limit=_rate(
+                "RATE_LIMIT_RPS",
+                read.seconds("RATE_LIMIT_RPS"),
+                read.seconds("RATE_LIMIT_BURST"),
+            ),
+            rate_limit_overrides=_rate_overrides(read.names("RATE_LIMIT_OVERRIDES")),
+            shed_enabled=read.boolean("SHED_ENABLED"),
+            **_shed_limits(read),
         )
+
+    def rate_for(self, full_method: str) -> Rate | None:
+        """The rate limit of one method (`/package.Service/Method`); None: unlimited."""
+        if full_method in self.rate_limit_overrides:
+            return self.rate_limit_overrides[full_method]
+        return self.rate_limit
 
     def grpc_options(self) -> list[tuple[str, int]]:
         def ms(seconds: float) -> int:

@@ -2,7 +2,9 @@
 
 Field names follow PLATFORM.md (`timestamp` in RFC 3339 UTC, `log_level`,
 `service_name`, `message`, ...); anything passed in `extra=` becomes a field.
-The server interceptor chain adds the per-call fields.
+The server chain's access log adds the per-call fields; every other line
+logged while a call is handled gets its `correlation_id` and `trace_id`
+from the context (`CallContextFilter`).
 """
 
 from __future__ import annotations
@@ -10,11 +12,28 @@ from __future__ import annotations
 import logging
 import sys
 
+from opentelemetry import trace
 from pythonjsonlogger.json import JsonFormatter
+
+from interceptors.correlation import current_correlation_id
+
+
+class CallContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "correlation_id"):
+            correlation_id = current_correlation_id()
+            if correlation_id is not None:
+                record.correlation_id = correlation_id
+                span_context = trace.get_current_span().get_span_context()
+                if span_context.is_valid:
+                    record.trace_id = format(span_context.trace_id, "032x")
+                    record.span_id = format(span_context.span_id, "016x")
+        return True
 
 
 def configure_logging(service_name: str, level: int) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(CallContextFilter())
     handler.setFormatter(
         JsonFormatter(
             "{levelname}{name}{message}",

@@ -14,14 +14,17 @@ import logging
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from clients.channel import ChannelFactory
 from server.admin import AdminServer
 from server.application import Application
+from server.chain import build_server_chain
 from server.config import ServerConfig
 from server.health import HealthState
 from server.reflection import enable_reflection
+from server.tracing import tracer_provider
 
 _log = logging.getLogger(__name__)
 
@@ -41,6 +44,7 @@ class Runtime:
         application: Application,
         channels: ChannelFactory,
         registry: CollectorRegistry | None = None,
+        tracing: TracerProvider | None = None,
     ) -> None:
         if registry is None:
             registry = CollectorRegistry()
@@ -53,9 +57,28 @@ class Runtime:
         names = [servicer.SERVICE_NAME for servicer in application.servicers]
         self.health = HealthState(names, application.readiness_checks)
         self.admin = AdminServer(self.health, registry, config.admin_host, config.admin_port)
+        self.tracing = tracing or tracer_provider(config)
+        self.chain = build_server_chain(
+            config,
+            registry,
+            self.tracing.get_tracer("grpc-platform.server"),
+            config.error_domain
+            or application.error_domain
+            or f"{config.service}.grpc-platform.internal",
+            application.errors,
+            application.interceptors,
+        )
         self.server = grpc.aio.server(options=config.grpc_options())
         for servicer in application.servicers:
-            servicer.add_to_server(self.server)
+            methods = servicer.METHODS
+            handlers = {
+                name: self.chain.wrap(handler, methods[name])
+                for name, handler in servicer.rpc_method_handlers().items()
+            }
+            # Registered handlers skip the generic lookup per call; the type stubs lack them.
+            self.server.add_registered_method_handlers(  # type: ignore[attr-defined]
+                servicer.SERVICE_NAME, handlers
+            )
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.server)
         health_service = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         enable_reflection([*names, health_service], self.server)
@@ -100,6 +123,7 @@ class Runtime:
             except Exception:
                 _log.exception("shutdown hook failed")
         await self.channels.close()
+        self.tracing.shutdown()
         await self.health.close()
         await self.admin.stop()
         _log.info("stopped")

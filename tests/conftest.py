@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 
 from clients.channel import ChannelFactory
 from server.application import AppFactory, RuntimeContext
@@ -20,7 +21,9 @@ async def start_runtime() -> AsyncIterator[StartRuntime]:
     """Starts `factory`'s application on free ports; every runtime is stopped afterwards."""
     started: list[Runtime] = []
 
-    async def start(factory: AppFactory, **settings: str) -> Runtime:
+    async def start(
+        factory: AppFactory, tracing: TracerProvider | None = None, **settings: str
+    ) -> Runtime:
         env = {
             "SERVICE": "in-process",
             "GRPC_HOST": HOST,
@@ -33,7 +36,7 @@ async def start_runtime() -> AsyncIterator[StartRuntime]:
         config = ServerConfig.from_env(env)
         channels = ChannelFactory()
         application = await factory(RuntimeContext(config, EnvReader(env), channels))
-        runtime = Runtime(config, application, channels)
+        runtime = Runtime(config, application, channels, tracing=tracing)
         await runtime.start()
         started.append(runtime)
         return runtime

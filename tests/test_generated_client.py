@@ -70,7 +70,7 @@ async def test_call_without_timeout_gets_the_contract_default(
     client = await client_for(start_runtime, channels)
     reply = await client.echo(pb.EchoRequest())
     # The server saw the contract's 5 s deadline (less the time in flight).
-    assert 4.0 < reply.time_remaining_seconds <= 5.0
+    assert 4.0 < reply.time_remaining_seconds <= 5.05  # grpc's clock may read a hair over
 
 
 async def test_explicit_timeout_wins_and_expires(

@@ -8,6 +8,7 @@ import grpc
 import pytest
 
 from clients.channel import ChannelFactory
+from clients.errors import error_info
 from ledger.v1 import accounts_pb2, money_pb2, transfers_pb2
 from ledger.v1.accounts_platform import AccountsClient
 from ledger.v1.transfers_platform import TransfersClient
@@ -68,7 +69,15 @@ async def test_withdraw_more_than_balance_fails_and_changes_nothing(
             accounts_pb2.WithdrawRequest(request_id=rid(), account_id=account_id, amount=eur(50))
         )
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "balance 30" in (caught.value.details() or "")
+    info = error_info(caught.value)
+    assert info is not None
+    assert info.reason == "INSUFFICIENT_FUNDS"
+    assert info.domain == "accounts.ledger.internal"
+    assert dict(info.metadata) == {
+        "balanceMinorUnits": "30",
+        "amountMinorUnits": "50",
+        "currencyCode": "EUR",
+    }
     assert await balance(accounts, account_id) == 30
 
 
@@ -88,6 +97,9 @@ async def test_repeated_request_id_has_one_effect_and_the_same_answer(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await accounts.deposit(reused)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    reused_info = error_info(caught.value)
+    assert reused_info is not None
+    assert reused_info.reason == "IDEMPOTENCY_KEY_REUSED"
     assert await balance(accounts, account_id) == 7
 
 
@@ -149,7 +161,7 @@ async def test_failed_credit_is_refunded(
     )
     transfer = created.transfer
     assert transfer.state == transfers_pb2.TRANSFER_STATE_FAILED
-    assert transfer.failure_reason == "FAILED_PRECONDITION"
+    assert transfer.failure_reason == "CURRENCY_MISMATCH"
     assert [(s.name, s.outcome) for s in transfer.history] == [
         ("DEBIT_SOURCE", "DONE"),
         ("CREDIT_DESTINATION", "FAILED"),

@@ -8,4 +8,4 @@ from services.accounts.service import AccountsService
 
 async def build(context: RuntimeContext) -> Application:
     del context  # in-memory for now: nothing to configure
-    return Application(servicers=[AccountsService()])
+    return Application(servicers=[AccountsService()], error_domain="accounts.ledger.internal")

@@ -12,12 +12,19 @@ import binascii
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from interceptors.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    PreconditionViolation,
+)
 from ledger.v1 import accounts_pb2 as pb
 from ledger.v1 import money_pb2
 from ledger.v1.accounts_platform import AccountsServicer
@@ -40,44 +47,60 @@ class AccountsService(AccountsServicer):
         self._order: list[str] = []
         self._replays = ReplayLog()
 
-    async def _fail(self, context: Context, code: grpc.StatusCode, message: str) -> NoReturn:
-        await context.abort(code, message)
-        raise AssertionError("abort returned")  # pragma: no cover - abort always raises
-
-    async def _replayed(
-        self, method: str, request_id: str, request: Message, context: Context
-    ) -> Message | None:
+    def _replayed(self, method: str, request_id: str, request: Message) -> Message | None:
         try:
             return self._replays.recorded(method, request_id, request)
         except RequestIdReused:
-            await self._fail(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
+            raise InvalidArgument(
                 "request_id was already used with a different request",
-            )
+                [FieldViolation("request_id", "already used with a different request body")],
+                reason="IDEMPOTENCY_KEY_REUSED",
+            ) from None
 
-    async def _open(self, account_id: str, context: Context) -> pb.Account:
+    def _account(self, account_id: str) -> pb.Account:
         account = self._accounts.get(account_id)
         if account is None:
-            await self._fail(context, grpc.StatusCode.NOT_FOUND, "account not found")
-        if account.state != pb.ACCOUNT_STATE_OPEN:
-            await self._fail(context, grpc.StatusCode.FAILED_PRECONDITION, "account is closed")
+            raise NotFound(
+                "account not found",
+                resource_type="ledger.v1.Account",
+                resource_name=f"accounts/{account_id}",
+                reason="ACCOUNT_NOT_FOUND",
+            )
         return account
 
-    async def _check_currency(
-        self, account: pb.Account, amount: money_pb2.Money, context: Context
-    ) -> None:
+    def _open(self, account_id: str) -> pb.Account:
+        account = self._account(account_id)
+        if account.state != pb.ACCOUNT_STATE_OPEN:
+            raise FailedPrecondition(
+                "the account is closed",
+                [PreconditionViolation("ACCOUNT_CLOSED", f"accounts/{account_id}", "closed")],
+                reason="ACCOUNT_CLOSED",
+            )
+        return account
+
+    @staticmethod
+    def _check_currency(account: pb.Account, amount: money_pb2.Money) -> None:
         if amount.currency_code != account.currency_code:
-            await self._fail(
-                context,
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"account holds {account.currency_code}, not {amount.currency_code}",
+            raise FailedPrecondition(
+                f"the account holds {account.currency_code}, not {amount.currency_code}",
+                [
+                    PreconditionViolation(
+                        "CURRENCY_MISMATCH",
+                        f"accounts/{account.account_id}",
+                        f"account currency is {account.currency_code}",
+                    )
+                ],
+                reason="CURRENCY_MISMATCH",
+                metadata={
+                    "accountCurrency": account.currency_code,
+                    "requestCurrency": amount.currency_code,
+                },
             )
 
     async def open_account(
         self, request: pb.OpenAccountRequest, context: Context
     ) -> pb.OpenAccountResponse:
-        replay = await self._replayed("OpenAccount", request.request_id, request, context)
+        replay = self._replayed("OpenAccount", request.request_id, request)
         if isinstance(replay, pb.OpenAccountResponse):
             return replay
         now = _timestamp(self._clock())
@@ -98,10 +121,7 @@ class AccountsService(AccountsServicer):
     async def get_account(
         self, request: pb.GetAccountRequest, context: Context
     ) -> pb.GetAccountResponse:
-        account = self._accounts.get(request.account_id)
-        if account is None:
-            await self._fail(context, grpc.StatusCode.NOT_FOUND, "account not found")
-        return pb.GetAccountResponse(account=account)
+        return pb.GetAccountResponse(account=self._account(request.account_id))
 
     async def list_accounts(
         self, request: pb.ListAccountsRequest, context: Context
@@ -111,7 +131,10 @@ class AccountsService(AccountsServicer):
             try:
                 start = int(base64.urlsafe_b64decode(request.page_token.encode()).decode())
             except (binascii.Error, UnicodeDecodeError, ValueError):
-                await self._fail(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid page_token")
+                raise InvalidArgument(
+                    "invalid page_token",
+                    [FieldViolation("page_token", "not a token from a previous page")],
+                ) from None
         size = request.page_size or DEFAULT_PAGE_SIZE
         ids = self._order[start : start + size]
         response = pb.ListAccountsResponse(accounts=[self._accounts[i] for i in ids])
@@ -121,28 +144,39 @@ class AccountsService(AccountsServicer):
         return response
 
     async def deposit(self, request: pb.DepositRequest, context: Context) -> pb.DepositResponse:
-        replay = await self._replayed("Deposit", request.request_id, request, context)
+        replay = self._replayed("Deposit", request.request_id, request)
         if isinstance(replay, pb.DepositResponse):
             return replay
-        account = await self._open(request.account_id, context)
-        await self._check_currency(account, request.amount, context)
+        account = self._open(request.account_id)
+        self._check_currency(account, request.amount)
         account.balance_minor_units += request.amount.minor_units
         account.update_time.CopyFrom(_timestamp(self._clock()))
         response = pb.DepositResponse(account=account)
         return self._replays.record("Deposit", request.request_id, request, response)
 
     async def withdraw(self, request: pb.WithdrawRequest, context: Context) -> pb.WithdrawResponse:
-        replay = await self._replayed("Withdraw", request.request_id, request, context)
+        replay = self._replayed("Withdraw", request.request_id, request)
         if isinstance(replay, pb.WithdrawResponse):
             return replay
-        account = await self._open(request.account_id, context)
-        await self._check_currency(account, request.amount, context)
+        account = self._open(request.account_id)
+        self._check_currency(account, request.amount)
         if account.balance_minor_units < request.amount.minor_units:
-            await self._fail(
-                context,
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"insufficient funds: balance {account.balance_minor_units}, "
-                f"amount {request.amount.minor_units}",
+            balance, amount = account.balance_minor_units, request.amount.minor_units
+            raise FailedPrecondition(
+                f"insufficient funds: the balance is {balance}, the withdrawal {amount}",
+                [
+                    PreconditionViolation(
+                        "INSUFFICIENT_FUNDS",
+                        f"accounts/{account.account_id}",
+                        f"balance {balance} is less than amount {amount}",
+                    )
+                ],
+                reason="INSUFFICIENT_FUNDS",
+                metadata={
+                    "balanceMinorUnits": str(balance),
+                    "amountMinorUnits": str(amount),
+                    "currencyCode": account.currency_code,
+                },
             )
         account.balance_minor_units -= request.amount.minor_units
         account.update_time.CopyFrom(_timestamp(self._clock()))
@@ -152,13 +186,21 @@ class AccountsService(AccountsServicer):
     async def close_account(
         self, request: pb.CloseAccountRequest, context: Context
     ) -> pb.CloseAccountResponse:
-        replay = await self._replayed("CloseAccount", request.request_id, request, context)
+        replay = self._replayed("CloseAccount", request.request_id, request)
         if isinstance(replay, pb.CloseAccountResponse):
             return replay
-        account = await self._open(request.account_id, context)
+        account = self._open(request.account_id)
         if account.balance_minor_units != 0:
-            await self._fail(
-                context, grpc.StatusCode.FAILED_PRECONDITION, "only an empty account can be closed"
+            raise FailedPrecondition(
+                "only an empty account can be closed",
+                [
+                    PreconditionViolation(
+                        "BALANCE_NOT_ZERO",
+                        f"accounts/{account.account_id}",
+                        f"balance is {account.balance_minor_units}",
+                    )
+                ],
+                reason="BALANCE_NOT_ZERO",
             )
         account.state = pb.ACCOUNT_STATE_CLOSED
         account.update_time.CopyFrom(_timestamp(self._clock()))

@@ -14,4 +14,6 @@ from services.transfers.service import TransfersService
 async def build(context: RuntimeContext) -> Application:
     target = context.env.string("ACCOUNTS_TARGET", "127.0.0.1:50051")
     accounts = AccountsClient(context.channels.connect(target))
-    return Application(servicers=[TransfersService(accounts)])
+    return Application(
+        servicers=[TransfersService(accounts)], error_domain="transfers.ledger.internal"
+    )

@@ -17,6 +17,8 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from clients.errors import error_info
+from interceptors.errors import FieldViolation, InvalidArgument, NotFound
 from ledger.v1 import accounts_pb2, transfers_pb2
 from ledger.v1.accounts_platform import AccountsClient
 from ledger.v1.transfers_platform import TransfersServicer
@@ -59,10 +61,11 @@ class TransfersService(TransfersServicer):
         try:
             replay = self._replays.recorded("CreateTransfer", request.request_id, request)
         except RequestIdReused:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
+            raise InvalidArgument(
                 "request_id was already used with a different request",
-            )
+                [FieldViolation("request_id", "already used with a different request body")],
+                reason="IDEMPOTENCY_KEY_REUSED",
+            ) from None
         if isinstance(replay, transfers_pb2.CreateTransferResponse):
             return replay
         transfer = transfers_pb2.Transfer(
@@ -90,7 +93,7 @@ class TransfersService(TransfersServicer):
                 )
             )
         except grpc.aio.AioRpcError as error:
-            self._log_step(transfer, "DEBIT_SOURCE", "FAILED", error.code().name)
+            self._log_step(transfer, "DEBIT_SOURCE", "FAILED", _reason(error))
             self._fail(transfer, error)
             return
         self._log_step(transfer, "DEBIT_SOURCE", "DONE")
@@ -104,7 +107,7 @@ class TransfersService(TransfersServicer):
                 )
             )
         except grpc.aio.AioRpcError as error:
-            self._log_step(transfer, "CREDIT_DESTINATION", "FAILED", error.code().name)
+            self._log_step(transfer, "CREDIT_DESTINATION", "FAILED", _reason(error))
             # Stays PENDING until the refund is done: FAILED means nothing moved.
             await self._accounts.deposit(
                 accounts_pb2.DepositRequest(
@@ -123,12 +126,23 @@ class TransfersService(TransfersServicer):
     @staticmethod
     def _fail(transfer: transfers_pb2.Transfer, error: grpc.aio.AioRpcError) -> None:
         transfer.state = transfers_pb2.TRANSFER_STATE_FAILED
-        transfer.failure_reason = error.code().name
+        transfer.failure_reason = _reason(error)
 
     async def get_transfer(
         self, request: transfers_pb2.GetTransferRequest, context: Context
     ) -> transfers_pb2.GetTransferResponse:
         transfer = self._transfers.get(request.transfer_id)
         if transfer is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "transfer not found")
+            raise NotFound(
+                "transfer not found",
+                resource_type="ledger.v1.Transfer",
+                resource_name=f"transfers/{request.transfer_id}",
+                reason="TRANSFER_NOT_FOUND",
+            )
         return transfers_pb2.GetTransferResponse(transfer=transfer)
+
+
+def _reason(error: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason of a failed step (e.g. INSUFFICIENT_FUNDS), else its code."""
+    info = error_info(error)
+    return info.reason if info is not None else error.code().name

@@ -1,63 +1,93 @@
 """The platform's test service (grpcplatform.testing.v1.EchoService).
 
 Run in-process through `build`, or as a process with
-`SERVICE=tests.support.echo:build python -m server`.
+`SERVICE=tests.support.echo:build python -m server`. `fail:<kind>` makes
+Echo (and Chat) raise the fault of FAULTS; `relay` makes Echo call the
+service at `ECHO_DOWNSTREAM` and return its answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
 from grpcplatform.testing.v1 import echo_pb2 as pb
-from grpcplatform.testing.v1.echo_platform import EchoServiceServicer
+from grpcplatform.testing.v1.echo_platform import EchoServiceClient, EchoServiceServicer
+from interceptors import errors
 from server.application import Application, RuntimeContext
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+FAULTS: dict[str, Exception] = {
+    "invalid": errors.InvalidArgument(
+        "bad", [errors.FieldViolation("message", "must not say invalid")]
+    ),
+    "precondition": errors.FailedPrecondition(
+        "not now",
+        [errors.PreconditionViolation("STATE", "echo/1", "wrong state")],
+        reason="WRONG_STATE",
+        metadata={"currentState": "closed"},
+    ),
+    "notfound": errors.NotFound(
+        "no such echo", resource_type="echo", resource_name="echo/1", reason="ECHO_NOT_FOUND"
+    ),
+    "exists": errors.AlreadyExists("already there"),
+    "aborted": errors.Aborted("conflict", retry_after=0.25),
+    "denied": errors.PermissionDenied("not yours"),
+    "unauthenticated": errors.Unauthenticated("who are you"),
+    "exhausted": errors.ResourceExhausted(
+        "quota", [errors.QuotaViolation("client:x", "10/s")], retry_after=1.5
+    ),
+    "unavailable": errors.Unavailable("try later", retry_after=0.3),
+    "deadline": errors.DeadlineExceeded("too slow"),
+    "internal": RuntimeError("db-7.internal.example refused password=hunter2"),
+}
 
 
 class EchoService(EchoServiceServicer):
-    def __init__(self) -> None:
+    def __init__(self, downstream: EchoServiceClient | None = None) -> None:
         self.arrivals = 0
+        self.downstream = downstream
 
-    async def echo(
-        self,
-        request: pb.EchoRequest,
-        context: grpc.aio.ServicerContext[pb.EchoRequest, pb.EchoResponse],
-    ) -> pb.EchoResponse:
+    async def echo(self, request: pb.EchoRequest, context: Context) -> pb.EchoResponse:
         self.arrivals += 1
         remaining = context.time_remaining() or 0.0
+        if request.message.startswith("fail:"):
+            raise FAULTS[request.message.removeprefix("fail:")]
         if request.delay_ms:
             await asyncio.sleep(request.delay_ms / 1000)
+        if request.message == "relay" and self.downstream is not None:
+            return await self.downstream.echo(pb.EchoRequest(message="relayed"))
         return pb.EchoResponse(
             message=request.message, peer=context.peer(), time_remaining_seconds=remaining
         )
 
     async def expand(
-        self,
-        request: pb.ExpandRequest,
-        context: grpc.aio.ServicerContext[pb.ExpandRequest, pb.ExpandResponse],
+        self, request: pb.ExpandRequest, context: Context
     ) -> AsyncIterator[pb.ExpandResponse]:
         for index in range(request.count):
             yield pb.ExpandResponse(message=request.message, index=index)
 
     async def collect(
-        self,
-        request_iterator: AsyncIterator[pb.CollectRequest],
-        context: grpc.aio.ServicerContext[pb.CollectRequest, pb.CollectResponse],
+        self, request_iterator: AsyncIterator[pb.CollectRequest], context: Context
     ) -> pb.CollectResponse:
         messages = [request.message async for request in request_iterator]
         return pb.CollectResponse(joined=" ".join(messages), count=len(messages))
 
     async def chat(
-        self,
-        request_iterator: AsyncIterator[pb.ChatRequest],
-        context: grpc.aio.ServicerContext[pb.ChatRequest, pb.ChatResponse],
+        self, request_iterator: AsyncIterator[pb.ChatRequest], context: Context
     ) -> AsyncIterator[pb.ChatResponse]:
         async for request in request_iterator:
+            if request.message.startswith("fail:"):
+                raise FAULTS[request.message.removeprefix("fail:")]
             yield pb.ChatResponse(message=request.message.upper())
 
 
 async def build(context: RuntimeContext) -> Application:
-    del context
-    return Application(servicers=[EchoService()])
+    """`ECHO_DOWNSTREAM`: the target `relay` calls (optional)."""
+    downstream = context.env.string("ECHO_DOWNSTREAM", "-")
+    client = None if downstream == "-" else EchoServiceClient(context.channels.connect(downstream))
+    return Application(servicers=[EchoService(client)], error_domain="echo.testing.internal")

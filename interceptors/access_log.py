@@ -1,0 +1,82 @@
+"""One JSON log line per call, with the fields of PLATFORM.md.
+
+`grpc_service`, `grpc_method`, `grpc_code`, `duration_ms`, `correlation_id`,
+`trace_id`, `span_id`, `peer`, and for failures `error_code` (the ErrorInfo
+reason) and `error_message`; `stack_trace` only for server errors (the
+traceback never goes on the wire, only here); `request_details` (sanitised
+by interceptors.redaction) for failed calls, and for every call at DEBUG.
+`user_id` comes from `user_id_var`, which authentication sets when it knows.
+
+Levels: OK at INFO, client errors at WARNING, server errors at ERROR.
+`LOG_CALLS=errors` keeps only failures, `none` silences the access log; a
+JSON line per call costs about as much as a small handler.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import enum
+import logging
+import traceback
+from typing import Any
+
+import grpc
+
+from interceptors.call import ServerCall
+from interceptors.codes import SERVER_ERRORS
+from interceptors.errors import PlatformError
+from interceptors.redaction import Redactor
+
+user_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("user_id", default=None)
+_log = logging.getLogger("grpc.access")
+
+
+class CallLogging(enum.Enum):
+    ALL = "ALL"
+    ERRORS = "ERRORS"
+    NONE = "NONE"
+
+
+class AccessLogLayer:
+    def __init__(self, mode: CallLogging, redactor: Redactor) -> None:
+        self.mode = mode
+        self.redactor = redactor
+
+    def begin(self, call: ServerCall) -> None:
+        return None
+
+    def end(self, call: ServerCall) -> None:
+        code = call.code
+        if code is grpc.StatusCode.OK:
+            if self.mode is not CallLogging.ALL or not _log.isEnabledFor(logging.INFO):
+                return
+            level = logging.INFO
+        elif self.mode is CallLogging.NONE:
+            return
+        else:
+            level = logging.ERROR if code in SERVER_ERRORS else logging.WARNING
+        fields: dict[str, Any] = {
+            "grpc_service": call.policy.service,
+            "grpc_method": call.policy.method,
+            "grpc_code": code.name,
+            "duration_ms": round(call.elapsed * 1000, 3),
+            "correlation_id": call.correlation_id,
+            "trace_id": call.trace_id,
+            "span_id": call.span_id,
+            "peer": call.context.peer(),
+        }
+        user_id = user_id_var.get()
+        if user_id:
+            fields["user_id"] = user_id
+        error = call.error
+        if error is not None:
+            if isinstance(error, PlatformError):
+                fields["error_code"] = error.reason
+                fields["error_message"] = error.message
+            else:
+                fields["error_code"] = "INTERNAL"
+                fields["error_message"] = f"{type(error).__name__}: {error}"
+                fields["stack_trace"] = "".join(traceback.format_exception(error))
+        if call.request is not None and (error is not None or _log.isEnabledFor(logging.DEBUG)):
+            fields["request_details"] = self.redactor.sanitise(call.request)
+        _log.log(level, "grpc call", extra=fields)

@@ -1,0 +1,80 @@
+"""One inbound call as the server chain sees it, and the shape of a chain layer.
+
+A `Layer` is a pair of synchronous hooks: `begin(call)` before the handler
+(raise a PlatformError to reject the call) and `end(call)` after it, in
+reverse order, with `call.code` and `call.error` set. Synchronous hooks cost
+a function call each, not a coroutine and a task, which keeps the whole chain
+cheap on the hot path; the chain itself (interceptors.chain) owns the awaits.
+Layers keep their per-call state on the `ServerCall` (slots below; `extras`
+for a service's own layers).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+import grpc
+
+from interceptors.policy import MethodPolicy
+
+
+class ServerCall:
+    __slots__ = (
+        "begun",
+        "code",
+        "context",
+        "correlation_id",
+        "correlation_token",
+        "deadline_token",
+        "error",
+        "extras",
+        "local_deadline",
+        "metadata",
+        "policy",
+        "received",
+        "request",
+        "sent",
+        "shed_slot",
+        "span",
+        "span_id",
+        "span_token",
+        "started",
+        "trace_id",
+    )
+
+    def __init__(self, policy: MethodPolicy, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self.policy = policy
+        self.context = context
+        self.started = time.perf_counter()
+        self.metadata: dict[str, str | bytes] = dict(context.invocation_metadata() or ())
+        self.begun = 0  # layers whose begin() completed: exactly those get end()
+        self.code = grpc.StatusCode.OK
+        self.error: BaseException | None = None
+        self.correlation_id = ""
+        self.trace_id = ""
+        self.span_id = ""
+        self.request: Any = None
+        self.received = 0
+        self.sent = 0
+        self.local_deadline: float | None = None
+        self.shed_slot = False
+        self.span: Any = None
+        self.span_token: Any = None
+        self.correlation_token: Any = None
+        self.deadline_token: Any = None
+        self.extras: dict[str, Any] = {}
+
+    def header(self, key: str) -> str | None:
+        value = self.metadata.get(key)
+        return value if isinstance(value, str) else None
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
+class Layer(Protocol):
+    def begin(self, call: ServerCall) -> None: ...
+
+    def end(self, call: ServerCall) -> None: ...

@@ -1,0 +1,51 @@
+"""Correlation ids: one per call, from the caller or made here, everywhere after.
+
+Taken from inbound metadata `x-correlation-id`, else the W3C trace id of
+`traceparent`, else a new one; carried in a context variable (so logs and
+outbound calls made while handling the call carry it) and echoed to the
+caller in trailing metadata. A caller's id is only accepted if it is short
+and plain (letters, digits, `-_.:`), so it cannot inject into logs.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+import uuid
+
+from interceptors.call import ServerCall
+
+HEADER = "x-correlation-id"
+_ACCEPTABLE = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+_INVALID_TRACE_ID = "0" * 32
+
+correlation_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "correlation_id", default=None
+)
+
+
+def current_correlation_id() -> str | None:
+    return correlation_id_var.get()
+
+
+def correlation_id_from(call: ServerCall) -> str:
+    offered = call.header(HEADER)
+    if offered and _ACCEPTABLE.fullmatch(offered):
+        return offered
+    traceparent = call.header("traceparent")
+    if traceparent:
+        match = _TRACEPARENT.fullmatch(traceparent.strip())
+        if match and match.group(1) != _INVALID_TRACE_ID:
+            return match.group(1)
+    return uuid.uuid4().hex
+
+
+class CorrelationLayer:
+    def begin(self, call: ServerCall) -> None:
+        call.correlation_id = correlation_id_from(call)
+        call.correlation_token = correlation_id_var.set(call.correlation_id)
+        call.context.set_trailing_metadata(((HEADER, call.correlation_id),))
+
+    def end(self, call: ServerCall) -> None:
+        correlation_id_var.reset(call.correlation_token)

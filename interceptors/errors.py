@@ -1,0 +1,278 @@
+"""The error model: platform exceptions and their one mapping to `google.rpc.Status`.
+
+Handlers raise these; the server chain turns them into a status with rich
+details (AIP-193), always with exactly one `ErrorInfo` (reason =
+`error_code`, domain = the service's error domain, metadata in lowerCamelCase):
+
+| exception | code | extra details |
+| --- | --- | --- |
+| InvalidArgument | INVALID_ARGUMENT | BadRequest, one FieldViolation per field |
+| FailedPrecondition | FAILED_PRECONDITION | PreconditionFailure |
+| NotFound | NOT_FOUND | ResourceInfo |
+| AlreadyExists, Aborted | ALREADY_EXISTS, ABORTED | RetryInfo when a retry can succeed |
+| PermissionDenied, Unauthenticated | PERMISSION_DENIED, UNAUTHENTICATED | |
+| ResourceExhausted | RESOURCE_EXHAUSTED | QuotaFailure, RetryInfo |
+| Unavailable | UNAVAILABLE | RetryInfo |
+| DeadlineExceeded | DEADLINE_EXCEEDED | |
+| anything else | INTERNAL | ErrorInfo INTERNAL with the correlation id; nothing else |
+
+`ClientError`s are permanent; `TransientError`s may succeed on retry. The
+message of a platform error goes on the wire, so write it for the caller;
+an unexpected exception's text never does. Anchor: grpc-interceptor's
+`exception_to_status`: one mapping, one hook (`ErrorMapper.translate`) to
+override for a service's own exception types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import grpc
+from google.protobuf import duration_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
+
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class PreconditionViolation:
+    type: str
+    subject: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaViolation:
+    subject: str
+    description: str
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    whole = int(seconds)
+    return duration_pb2.Duration(seconds=whole, nanos=round((seconds - whole) * 1e9))
+
+
+class PlatformError(Exception):
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
+    error_code: ClassVar[str] = "UNKNOWN"
+    transient: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.error_code
+        self.metadata = dict(metadata or {})
+        self.retry_after = retry_after
+
+    def details(self) -> list[Message]:
+        """Details beyond the ErrorInfo, in the order they go on the wire."""
+        if self.retry_after is None:
+            return []
+        return [error_details_pb2.RetryInfo(retry_delay=_duration(self.retry_after))]
+
+
+class ClientError(PlatformError):
+    """The request cannot succeed as sent: do not retry it unchanged."""
+
+
+class TransientError(PlatformError):
+    """The request may succeed later: retry (idempotent methods only) after RetryInfo."""
+
+    transient = True
+
+
+class InvalidArgument(ClientError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    error_code = "INVALID_ARGUMENT"
+
+    def __init__(
+        self,
+        message: str,
+        violations: Sequence[FieldViolation] = (),
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.violations = list(violations)
+
+    def details(self) -> list[Message]:
+        return [
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=v.field, description=v.description
+                    )
+                    for v in self.violations
+                ]
+            )
+        ]
+
+
+class FailedPrecondition(ClientError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    error_code = "FAILED_PRECONDITION"
+
+    def __init__(
+        self,
+        message: str,
+        violations: Sequence[PreconditionViolation] = (),
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.violations = list(violations)
+
+    def details(self) -> list[Message]:
+        return [
+            error_details_pb2.PreconditionFailure(
+                violations=[
+                    error_details_pb2.PreconditionFailure.Violation(
+                        type=v.type, subject=v.subject, description=v.description
+                    )
+                    for v in self.violations
+                ]
+            )
+        ]
+
+
+class NotFound(ClientError):
+    code = grpc.StatusCode.NOT_FOUND
+    error_code = "NOT_FOUND"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        resource_type: str,
+        resource_name: str,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.resource_type = resource_type
+        self.resource_name = resource_name
+
+    def details(self) -> list[Message]:
+        return [
+            error_details_pb2.ResourceInfo(
+                resource_type=self.resource_type,
+                resource_name=self.resource_name,
+                description=self.message,
+            )
+        ]
+
+
+class AlreadyExists(ClientError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+    error_code = "ALREADY_EXISTS"
+
+
+class Aborted(ClientError):
+    """A concurrency conflict; with `retry_after` the caller may retry (it is then transient)."""
+
+    code = grpc.StatusCode.ABORTED
+    error_code = "ABORTED"
+
+    @property
+    def transient(self) -> bool:  # type: ignore[override]
+        return self.retry_after is not None
+
+
+class PermissionDenied(ClientError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    error_code = "PERMISSION_DENIED"
+
+
+class Unauthenticated(ClientError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    error_code = "UNAUTHENTICATED"
+
+
+class DeadlineExceeded(PlatformError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    error_code = "DEADLINE_EXCEEDED"
+
+
+class Unavailable(TransientError):
+    code = grpc.StatusCode.UNAVAILABLE
+    error_code = "UNAVAILABLE"
+
+
+class ResourceExhausted(TransientError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    error_code = "RESOURCE_EXHAUSTED"
+
+    def __init__(
+        self,
+        message: str,
+        violations: Sequence[QuotaViolation] = (),
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata, retry_after=retry_after)
+        self.violations = list(violations)
+
+    def details(self) -> list[Message]:
+        quota = error_details_pb2.QuotaFailure(
+            violations=[
+                error_details_pb2.QuotaFailure.Violation(
+                    subject=v.subject, description=v.description
+                )
+                for v in self.violations
+            ]
+        )
+        return [quota, *super().details()]
+
+
+class InternalError(PlatformError):
+    code = grpc.StatusCode.INTERNAL
+    error_code = "INTERNAL"
+
+
+def to_status(error: PlatformError, domain: str) -> status_pb2.Status:
+    """The `google.rpc.Status` of `error`: ErrorInfo first, then the error's own details."""
+    status = status_pb2.Status(code=error.code.value[0], message=error.message)
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=error.metadata)
+    status.details.add().Pack(info)
+    for detail in error.details():
+        status.details.add().Pack(detail)
+    return status
+
+
+class ErrorMapper:
+    """Turns any exception into a `PlatformError`; override `translate` for your own types."""
+
+    def translate(self, error: BaseException) -> PlatformError | None:
+        """Hook: a PlatformError for exception types you know, None for unexpected ones."""
+        return None
+
+    def to_platform_error(self, error: BaseException, correlation_id: str) -> PlatformError:
+        if isinstance(error, PlatformError):
+            return error
+        translated = self.translate(error)
+        if translated is not None:
+            return translated
+        return InternalError(
+            f"internal error (correlation id {correlation_id})",
+            metadata={"correlationId": correlation_id},
+        )

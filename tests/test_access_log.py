@@ -1,0 +1,105 @@
+"""Access logs: JSON lines with the platform's fields; redacted fields never appear."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from clients.channel import ChannelFactory
+from grpcplatform.testing.v1 import echo_pb2 as pb
+from grpcplatform.testing.v1.echo_platform import EchoServiceClient
+from ledger.v1 import accounts_pb2, money_pb2
+from ledger.v1.accounts_platform import AccountsClient
+from tests.support.net import running_service
+
+SECRET_OWNER = "Zebediah Quillfeather-Secret"
+SECRET_MEMO = "memo-with-account-password-42"
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    lines = [line for line in text.splitlines() if line.strip()]
+    parsed = [json.loads(line) for line in lines]  # every line must be JSON
+    assert parsed
+    return parsed
+
+
+def access_lines(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {r["grpc_code"]: r for r in records if r.get("logger") == "grpc.access"}
+
+
+async def test_success_client_error_and_server_error_lines(tmp_path: Path) -> None:
+    with running_service("tests.support.echo:build", tmp_path) as service:
+        channels = ChannelFactory()
+        client = EchoServiceClient(channels.connect(service.target))
+        await client.echo(pb.EchoRequest(message="hello"), metadata=(("x-correlation-id", "c-ok"),))
+        for kind in ("precondition", "internal"):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await client.echo(pb.EchoRequest(message=f"fail:{kind}"))
+        await channels.close()
+        assert await asyncio.to_thread(service.terminate) == 0
+    lines = access_lines(json_lines(service.stderr()))
+    ok, client_error, server_error = (lines["OK"], lines["FAILED_PRECONDITION"], lines["INTERNAL"])
+    for line in (ok, client_error, server_error):
+        assert line["service_name"] == "tests.support.echo:build"
+        assert line["grpc_service"] == "grpcplatform.testing.v1.EchoService"
+        assert line["grpc_method"] == "Echo"
+        assert line["timestamp"].endswith("+00:00")
+        assert isinstance(line["duration_ms"], float)
+        assert len(line["trace_id"]) == 32
+        assert line["peer"].startswith("ipv4:127.0.0.1:")
+        assert line["correlation_id"]
+    assert ok["log_level"] == "INFO"
+    assert ok["correlation_id"] == "c-ok"
+    assert "error_code" not in ok
+    assert "stack_trace" not in ok
+    assert client_error["log_level"] == "WARNING"
+    assert client_error["error_code"] == "WRONG_STATE"
+    assert client_error["error_message"] == "not now"
+    assert client_error["request_details"] == {"message": "fail:precondition"}
+    assert "stack_trace" not in client_error
+    assert server_error["log_level"] == "ERROR"
+    assert server_error["error_code"] == "INTERNAL"
+    assert "Traceback" in server_error["stack_trace"]
+    assert "db-7.internal.example" in server_error["stack_trace"]  # in the log, not on the wire
+
+
+async def test_redacted_fields_never_reach_any_log_line(tmp_path: Path) -> None:
+    settings = {"LOG_LEVEL": "DEBUG", "LOG_REDACT_FIELDS": "memo"}
+    with running_service("accounts", tmp_path, settings) as service:
+        channels = ChannelFactory()
+        client = AccountsClient(channels.connect(service.target))
+        opened = await client.open_account(
+            accounts_pb2.OpenAccountRequest(
+                request_id="redact-1", owner=SECRET_OWNER, currency_code="EUR"
+            )
+        )
+        account_id = opened.account.account_id
+        with pytest.raises(grpc.aio.AioRpcError):
+            await client.withdraw(
+                accounts_pb2.WithdrawRequest(
+                    request_id="redact-2",
+                    account_id=account_id,
+                    amount=money_pb2.Money(currency_code="EUR", minor_units=5),
+                    memo=SECRET_MEMO,
+                )
+            )
+        with pytest.raises(grpc.aio.AioRpcError):  # invalid: logged with its request
+            await client.open_account(
+                accounts_pb2.OpenAccountRequest(request_id="", owner=SECRET_OWNER)
+            )
+        await channels.close()
+        assert await asyncio.to_thread(service.terminate) == 0
+    output = service.stderr()
+    records = json_lines(output)
+    assert SECRET_OWNER not in output
+    assert SECRET_MEMO not in output
+    details = [r["request_details"] for r in records if "request_details" in r]
+    assert {"request_id": "redact-1", "owner": "[REDACTED]", "currency_code": "EUR"} in details
+    withdraw = next(d for d in details if d.get("request_id") == "redact-2")
+    assert withdraw["memo"] == "[REDACTED]"
+    assert withdraw["amount"] == {"currency_code": "EUR", "minor_units": 5}

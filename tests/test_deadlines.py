@@ -1,0 +1,107 @@
+"""Deadlines: contract default, clamp, enforcement, and propagation to outbound calls."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+import pytest
+
+from clients.channel import ChannelFactory
+from grpcplatform.testing.v1 import echo_pb2 as pb
+from grpcplatform.testing.v1.echo_platform import ECHO_SERVICE_METHODS, EchoServiceClient
+from interceptors.call import ServerCall
+from interceptors.deadline import DeadlineLayer, remaining_budget
+from interceptors.errors import DeadlineExceeded
+from server.runtime import Runtime
+from tests.conftest import StartRuntime
+from tests.support import echo
+
+
+async def relay_pair(start_runtime: StartRuntime, **upstream: str) -> tuple[Runtime, Runtime]:
+    downstream = await start_runtime(echo.build)
+    relay = await start_runtime(
+        echo.build, ECHO_DOWNSTREAM=f"127.0.0.1:{downstream.grpc_port}", **upstream
+    )
+    return relay, downstream
+
+
+def raw_echo(channel: grpc.aio.Channel) -> Any:
+    return channel.unary_unary(
+        ECHO_SERVICE_METHODS["Echo"].full_method,
+        request_serializer=pb.EchoRequest.SerializeToString,
+        response_deserializer=pb.EchoResponse.FromString,
+    )
+
+
+async def test_downstream_call_gets_at_most_the_inbound_remaining_time(
+    start_runtime: StartRuntime, channels: ChannelFactory
+) -> None:
+    relay, _ = await relay_pair(start_runtime)
+    client = EchoServiceClient(channels.connect(f"127.0.0.1:{relay.grpc_port}"))
+    reply = await client.echo(pb.EchoRequest(message="relay"), timeout=0.8)
+    assert reply.message == "relayed"
+    # The downstream saw less than the caller's 0.8 s (less reserve and time in flight),
+    # although its own contract default is 5 s.
+    assert 0.5 < reply.time_remaining_seconds < 0.8
+
+
+async def test_call_without_deadline_gets_the_contract_default(
+    start_runtime: StartRuntime,
+) -> None:
+    relay, _ = await relay_pair(start_runtime)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{relay.grpc_port}") as channel:
+        reply = await raw_echo(channel)(pb.EchoRequest(message="relay"))  # no timeout at all
+    assert 4.5 < reply.time_remaining_seconds <= 5.05  # Echo's default_deadline_ms: 5000
+
+
+async def test_absurd_deadline_is_clamped(start_runtime: StartRuntime) -> None:
+    relay, _ = await relay_pair(start_runtime, MAX_DEADLINE_SECONDS="1")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{relay.grpc_port}") as channel:
+        reply = await raw_echo(channel)(pb.EchoRequest(message="relay"), timeout=3600)
+    assert 0.5 < reply.time_remaining_seconds <= 1.0
+
+
+async def test_local_deadline_is_enforced(start_runtime: StartRuntime) -> None:
+    runtime = await start_runtime(echo.build, MAX_DEADLINE_SECONDS="0.3")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc_port}") as channel:
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await raw_echo(channel)(pb.EchoRequest(delay_ms=3000), timeout=30)
+        elapsed = time.monotonic() - started
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert 0.25 < elapsed < 1.5
+
+
+class _Context:
+    """A stand-in ServicerContext for the pure logic of DeadlineLayer."""
+
+    def __init__(self, remaining: float | None) -> None:
+        self.remaining = remaining
+
+    def time_remaining(self) -> float | None:
+        return self.remaining
+
+    def invocation_metadata(self) -> tuple[()]:
+        return ()
+
+
+def test_expired_call_is_rejected_before_the_handler() -> None:
+    layer = DeadlineLayer(max_deadline=60)
+    call = ServerCall(ECHO_SERVICE_METHODS["Echo"], _Context(-0.01))  # type: ignore[arg-type]
+    with pytest.raises(DeadlineExceeded):
+        layer.begin(call)
+
+
+def test_budget_is_set_only_inside_a_call() -> None:
+    assert remaining_budget() is None
+    layer = DeadlineLayer(max_deadline=60)
+    call = ServerCall(ECHO_SERVICE_METHODS["Echo"], _Context(2.0))  # type: ignore[arg-type]
+    layer.begin(call)
+    budget = remaining_budget()
+    assert budget is not None
+    assert 1.9 < budget <= 2.0
+    assert call.local_deadline is None  # gRPC enforces the caller's own deadline
+    layer.end(call)
+    assert remaining_budget() is None

@@ -1,0 +1,214 @@
+"""The error model end to end: every kind, produced by a real call, details decoded."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2 as details_pb2
+
+from clients.channel import ChannelFactory
+from clients.errors import details_of, error_info, status_of
+from grpcplatform.testing.v1 import echo_pb2 as pb
+from grpcplatform.testing.v1.echo_platform import EchoServiceClient
+from interceptors.correlation import HEADER as CORRELATION
+from tests.conftest import StartRuntime
+from tests.support import echo
+from tests.support.net import BIN, ServiceProcess, running_service
+
+
+async def failing_call(client: EchoServiceClient, kind: str) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.echo(pb.EchoRequest(message=f"fail:{kind}"))
+    return caught.value
+
+
+def by_type(error: grpc.aio.AioRpcError) -> dict[type, object]:
+    found: dict[type, object] = {}
+    for detail in details_of(error):
+        assert type(detail) not in found, "one detail of each type"
+        found[type(detail)] = detail
+    return found
+
+
+@pytest.fixture
+async def client(start_runtime: StartRuntime, channels: ChannelFactory) -> EchoServiceClient:
+    runtime = await start_runtime(echo.build)
+    return EchoServiceClient(channels.connect(f"127.0.0.1:{runtime.grpc_port}"))
+
+
+EXPECTED = {
+    "invalid": (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", {details_pb2.BadRequest}),
+    "precondition": (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "WRONG_STATE",
+        {details_pb2.PreconditionFailure},
+    ),
+    "notfound": (grpc.StatusCode.NOT_FOUND, "ECHO_NOT_FOUND", {details_pb2.ResourceInfo}),
+    "exists": (grpc.StatusCode.ALREADY_EXISTS, "ALREADY_EXISTS", set()),
+    "aborted": (grpc.StatusCode.ABORTED, "ABORTED", {details_pb2.RetryInfo}),
+    "denied": (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED", set()),
+    "unauthenticated": (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED", set()),
+    "exhausted": (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "RESOURCE_EXHAUSTED",
+        {details_pb2.QuotaFailure, details_pb2.RetryInfo},
+    ),
+    "unavailable": (grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE", {details_pb2.RetryInfo}),
+    "deadline": (grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", set()),
+    "internal": (grpc.StatusCode.INTERNAL, "INTERNAL", set()),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(EXPECTED))
+async def test_every_error_kind_has_its_code_and_details(
+    client: EchoServiceClient, kind: str
+) -> None:
+    code, reason, extra = EXPECTED[kind]
+    error = await failing_call(client, kind)
+    assert error.code() == code
+    found = by_type(error)
+    assert set(found) == {details_pb2.ErrorInfo, *extra}
+    info = found[details_pb2.ErrorInfo]
+    assert isinstance(info, details_pb2.ErrorInfo)
+    assert info.reason == reason
+    assert info.domain == "echo.testing.internal"
+    status = status_of(error)
+    assert status is not None
+    assert status.code == code.value[0]
+    assert status.message == error.details()
+
+
+async def test_details_carry_their_content(client: EchoServiceClient) -> None:
+    bad = by_type(await failing_call(client, "invalid"))[details_pb2.BadRequest]
+    assert isinstance(bad, details_pb2.BadRequest)
+    assert [(v.field, v.description) for v in bad.field_violations] == [
+        ("message", "must not say invalid")
+    ]
+    precondition = await failing_call(client, "precondition")
+    info = error_info(precondition)
+    assert info is not None
+    assert dict(info.metadata) == {"currentState": "closed"}
+    retry = by_type(await failing_call(client, "unavailable"))[details_pb2.RetryInfo]
+    assert isinstance(retry, details_pb2.RetryInfo)
+    assert retry.retry_delay.ToTimedelta().total_seconds() == pytest.approx(0.3)
+    quota = by_type(await failing_call(client, "exhausted"))[details_pb2.QuotaFailure]
+    assert isinstance(quota, details_pb2.QuotaFailure)
+    assert quota.violations[0].subject == "client:x"
+    resource = by_type(await failing_call(client, "notfound"))[details_pb2.ResourceInfo]
+    assert isinstance(resource, details_pb2.ResourceInfo)
+    assert resource.resource_name == "echo/1"
+
+
+async def test_unexpected_exception_leaks_nothing_but_the_correlation_id(
+    client: EchoServiceClient,
+) -> None:
+    correlation_id = f"test-{uuid.uuid4().hex}"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.echo(
+            pb.EchoRequest(message="fail:internal"), metadata=((CORRELATION, correlation_id),)
+        )
+    error = caught.value
+    assert error.code() == grpc.StatusCode.INTERNAL
+    assert error.details() == f"internal error (correlation id {correlation_id})"
+    wire = repr(error.trailing_metadata()) + (error.details() or "") + repr(status_of(error))
+    for secret in ("db-7", "hunter2", "RuntimeError", "Traceback", ".py"):
+        assert secret not in wire
+    info = error_info(error)
+    assert info is not None
+    assert dict(info.metadata) == {"correlationId": correlation_id}
+    trailers: Any = error.trailing_metadata()
+    assert dict(trailers)[CORRELATION] == correlation_id
+
+
+async def test_errors_in_a_stream_are_mapped_too(client: EchoServiceClient) -> None:
+    async def messages() -> AsyncIterator[pb.ChatRequest]:
+        yield pb.ChatRequest(message="ok")
+        yield pb.ChatRequest(message="fail:precondition")
+
+    replies: list[str] = []
+
+    async def converse() -> None:
+        async for reply in client.chat(messages()):
+            replies.append(reply.message)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await converse()
+    assert replies == ["OK"]
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info = error_info(caught.value)
+    assert info is not None
+    assert info.reason == "WRONG_STATE"
+
+
+@pytest.fixture(scope="module")
+def accounts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    with running_service("accounts", tmp_path_factory.mktemp("errors")) as service:
+        yield service
+
+
+def grpcurl(
+    service: ServiceProcess, method: str, body: dict[str, object]
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            str(BIN / "grpcurl"),
+            "-plaintext",
+            "-format-error",
+            "-d",
+            json.dumps(body),
+            service.target,
+            method,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_insufficient_funds_through_grpcurl(accounts: ServiceProcess, tmp_path: Path) -> None:
+    """The seed's example: withdraw 50 from 30, as a newcomer would with grpcurl."""
+    opened = grpcurl(
+        accounts,
+        "ledger.v1.Accounts/OpenAccount",
+        {"request_id": "if-open", "owner": "Ann", "currency_code": "EUR"},
+    )
+    account_id = json.loads(opened.stdout)["account"]["account_id"]
+    money = {"currency_code": "EUR", "minor_units": "30"}
+    deposit = grpcurl(
+        accounts,
+        "ledger.v1.Accounts/Deposit",
+        {"request_id": "if-dep", "account_id": account_id, "amount": money},
+    )
+    assert deposit.returncode == 0, deposit.stderr
+    withdraw = grpcurl(
+        accounts,
+        "ledger.v1.Accounts/Withdraw",
+        {
+            "request_id": "if-wd",
+            "account_id": account_id,
+            "amount": {"currency_code": "EUR", "minor_units": "50"},
+        },
+    )
+    assert withdraw.returncode != 0
+    status = json.loads(withdraw.stderr)  # -format-error prints the status as JSON on stderr
+    assert status["code"] == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    info, precondition = status["details"]
+    assert info["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
+    assert info["reason"] == "INSUFFICIENT_FUNDS"
+    assert info["domain"] == "accounts.ledger.internal"
+    assert info["metadata"] == {
+        "balanceMinorUnits": "30",
+        "amountMinorUnits": "50",
+        "currencyCode": "EUR",
+    }
+    assert precondition["@type"] == "type.googleapis.com/google.rpc.PreconditionFailure"
+    assert precondition["violations"][0]["type"] == "INSUFFICIENT_FUNDS"
+    read = grpcurl(accounts, "ledger.v1.Accounts/GetAccount", {"account_id": account_id})
+    assert json.loads(read.stdout)["account"]["balance_minor_units"] == "30"

@@ -1,0 +1,79 @@
+"""Correlation ids and server spans with W3C trace context."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import grpc
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from clients.channel import ChannelFactory
+from grpcplatform.testing.v1 import echo_pb2 as pb
+from grpcplatform.testing.v1.echo_platform import EchoServiceClient
+from interceptors.correlation import HEADER
+from tests.conftest import StartRuntime
+from tests.support import echo
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+
+
+async def correlation_of(client: EchoServiceClient, metadata: tuple[tuple[str, str], ...]) -> str:
+    call = client._echo(pb.EchoRequest(), metadata=metadata, timeout=5)
+    await call
+    trailers: dict[str, Any] = dict(await call.trailing_metadata())
+    value = trailers[HEADER]
+    assert isinstance(value, str)
+    return value
+
+
+@pytest.fixture
+async def client(start_runtime: StartRuntime, channels: ChannelFactory) -> EchoServiceClient:
+    runtime = await start_runtime(echo.build)
+    return EchoServiceClient(channels.connect(f"127.0.0.1:{runtime.grpc_port}"))
+
+
+async def test_correlation_id_is_taken_echoed_or_made(client: EchoServiceClient) -> None:
+    assert await correlation_of(client, ((HEADER, "order-123"),)) == "order-123"
+    assert await correlation_of(client, (("traceparent", PARENT),)) == TRACE_ID
+    made = await correlation_of(client, ())
+    assert re.fullmatch(r"[0-9a-f]{32}", made)
+    assert made != await correlation_of(client, ())
+
+
+@pytest.mark.parametrize("hostile", ["a" * 500, "x;y=1", "id with spaces", "<script>", "%0a%0d"])
+async def test_hostile_correlation_id_is_replaced(client: EchoServiceClient, hostile: str) -> None:
+    assert re.fullmatch(r"[0-9a-f]{32}", await correlation_of(client, ((HEADER, hostile),)))
+
+
+async def test_server_spans_join_the_callers_trace(
+    start_runtime: StartRuntime, channels: ChannelFactory
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    runtime = await start_runtime(echo.build, tracing=provider)
+    client = EchoServiceClient(channels.connect(f"127.0.0.1:{runtime.grpc_port}"))
+    baggage = ("baggage", "tenant=acme")
+    await client.echo(pb.EchoRequest(message="x"), metadata=(("traceparent", PARENT), baggage))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await client.echo(pb.EchoRequest(message="fail:internal"))
+    ok, failed = exporter.get_finished_spans()
+    assert ok.name == "grpcplatform.testing.v1.EchoService/Echo"
+    assert ok.kind == SpanKind.SERVER
+    assert format(ok.context.trace_id, "032x") == TRACE_ID
+    assert ok.parent is not None
+    assert format(ok.parent.span_id, "016x") == "00f067aa0ba902b7"
+    assert ok.attributes is not None
+    assert ok.attributes["rpc.system"] == "grpc"
+    assert ok.attributes["rpc.method"] == "Echo"
+    assert ok.attributes["rpc.grpc.status_code"] == 0
+    assert failed.status.status_code == StatusCode.ERROR
+    assert failed.attributes is not None
+    assert failed.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INTERNAL.value[0]
+    assert format(failed.context.trace_id, "032x") != TRACE_ID  # a new trace
