@@ -11,13 +11,16 @@ BUF_STAMP := tools/buf/node_modules/.installed
 IMAGE_DIR := build/proto
 BASELINE := proto/breaking-baseline.binpb
 
-.PHONY: help setup codegen codegen-check proto-image proto-lint proto-breaking proto-baseline \
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help setup bench bench-tools codegen codegen-check proto-image proto-lint proto-breaking proto-baseline \
 	lint test run clean
 
 help:
 	@echo "make run      set up and start the local stack (moto + accounts + transfers)"
 	@echo "make test     set up and run every test (lint, types, contracts, codegen drift, pytest)"
 	@echo "make codegen  regenerate gen/ from proto/"
+	@echo "make bench    measure the server chain against a bare grpc.aio server"
 
 $(STAMP): pyproject.toml $(wildcard gen/*/__init__.py)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,6 +63,14 @@ lint: $(STAMP)
 test: setup
 	$(MAKE) --no-print-directory lint proto-lint proto-breaking codegen-check
 	$(VENV)/bin/pytest
+
+# h2load (Debian's nghttp2-client) drives the servers in `make bench`.
+bench-tools:
+	command -v h2load >/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq nghttp2-client; }
+
+bench: setup bench-tools
+	$(PY) -m bench.server_bench
 
 run: setup
 	$(PY) tools/devstack.py

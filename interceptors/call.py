@@ -26,6 +26,7 @@ class ServerCall:
         "context",
         "correlation_id",
         "correlation_token",
+        "deadline_expired",
         "deadline_token",
         "error",
         "extras",
@@ -58,6 +59,7 @@ class ServerCall:
         self.received = 0
         self.sent = 0
         self.local_deadline: float | None = None
+        self.deadline_expired = False
         self.shed_slot = False
         self.span: Any = None
         self.span_token: Any = None

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, NoReturn
 
@@ -97,19 +96,18 @@ class ServerChain:
                 _log.exception("chain layer failed at end of call")
 
     async def _fail(self, call: ServerCall, error: BaseException) -> NoReturn:
-        if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
+        if isinstance(error, asyncio.CancelledError) and call.deadline_expired:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # our own cancellation (DeadlineWatch): answer the caller
+            error = DeadlineExceeded("deadline exceeded")
+        elif isinstance(error, (asyncio.CancelledError, GeneratorExit)):
             call.code = grpc.StatusCode.CANCELLED
             raise error
         if isinstance(error, grpc.aio.AbortError):
             # The handler aborted by itself: the status is already set.
             call.code = call.context.code() or grpc.StatusCode.UNKNOWN
             raise error
-        if (
-            isinstance(error, TimeoutError)
-            and call.local_deadline is not None
-            and time.monotonic() >= call.local_deadline
-        ):
-            error = DeadlineExceeded("deadline exceeded")
         platform = self.errors.to_platform_error(error, call.correlation_id or "unknown")
         call.code = platform.code
         call.error = error
@@ -132,16 +130,10 @@ class ServerChain:
 
         return counted()
 
-    @staticmethod
-    def _timeout(call: ServerCall) -> asyncio.Timeout | None:
-        if call.local_deadline is None:
-            return None
-        return asyncio.timeout(call.local_deadline - time.monotonic())
-
     # -- arities ---------------------------------------------------------------------------
 
     def _unary_unary(self, behavior: Any, policy: MethodPolicy, layers: Sequence[Layer]) -> Any:
-        fail, begin, end, timeout = self._fail, self._begin, self._end, self._timeout
+        fail, begin, end = self._fail, self._begin, self._end
 
         async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             call = ServerCall(policy, context)
@@ -149,12 +141,7 @@ class ServerChain:
             call.received = 1
             try:
                 begin(call, layers)
-                scope = timeout(call)
-                if scope is None:
-                    response = await behavior(request, context)
-                else:
-                    async with scope:
-                        response = await behavior(request, context)
+                response = await behavior(request, context)
                 call.sent = 1
                 return response
             except BaseException as error:
@@ -165,24 +152,13 @@ class ServerChain:
         return handler
 
     def _stream_unary(self, behavior: Any, policy: MethodPolicy, layers: Sequence[Layer]) -> Any:
-        fail, begin, end, timeout, inbound = (
-            self._fail,
-            self._begin,
-            self._end,
-            self._timeout,
-            self._inbound,
-        )
+        fail, begin, end, inbound = self._fail, self._begin, self._end, self._inbound
 
         async def handler(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             call = ServerCall(policy, context)
             try:
                 begin(call, layers)
-                scope = timeout(call)
-                if scope is None:
-                    response = await behavior(inbound(call, requests), context)
-                else:
-                    async with scope:
-                        response = await behavior(inbound(call, requests), context)
+                response = await behavior(inbound(call, requests), context)
                 call.sent = 1
                 return response
             except BaseException as error:
@@ -195,13 +171,7 @@ class ServerChain:
     def _streaming(
         self, behavior: Any, policy: MethodPolicy, layers: Sequence[Layer], streaming_in: bool
     ) -> Any:
-        fail, begin, end, timeout, inbound = (
-            self._fail,
-            self._begin,
-            self._end,
-            self._timeout,
-            self._inbound,
-        )
+        fail, begin, end, inbound = self._fail, self._begin, self._end, self._inbound
 
         def prepare(call: ServerCall, request: Any) -> Any:
             if streaming_in:
@@ -217,12 +187,7 @@ class ServerChain:
                 try:
                     argument = prepare(call, request)
                     begin(call, layers)
-                    scope = timeout(call)
-                    if scope is None:
-                        await behavior(argument, context)
-                    else:
-                        async with scope:
-                            await behavior(argument, context)
+                    await behavior(argument, context)
                 except BaseException as error:
                     await fail(call, error)
                 finally:
@@ -237,16 +202,9 @@ class ServerChain:
             try:
                 argument = prepare(call, request)
                 begin(call, layers)
-                scope = timeout(call)
-                if scope is None:
-                    async for response in behavior(argument, context):
-                        call.sent += 1
-                        yield response
-                else:
-                    async with scope:
-                        async for response in behavior(argument, context):
-                            call.sent += 1
-                            yield response
+                async for response in behavior(argument, context):
+                    call.sent += 1
+                    yield response
             except BaseException as error:
                 await fail(call, error)
             finally:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from interceptors.call import ServerCall
 from interceptors.errors import QuotaViolation, ResourceExhausted
-from interceptors.metrics import MethodMetrics
+from interceptors.metrics import MethodStats
 
 CLIENT_ID_HEADER = "x-client-id"
 
@@ -60,12 +60,12 @@ class RateLimitLayer:
     def __init__(
         self,
         rate: Rate,
-        metrics: MethodMetrics,
+        stats: MethodStats,
         max_callers: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.rate = rate
-        self.metrics = metrics
+        self.stats = stats
         self.max_callers = max_callers
         self.clock = clock
         self.buckets: OrderedDict[str, TokenBucket] = OrderedDict()
@@ -90,7 +90,7 @@ class RateLimitLayer:
             self.buckets.move_to_end(caller)
         wait = bucket.take(now)
         if wait:
-            self.metrics.throttled.inc()
+            self.stats.throttled += 1
             limit = f"{self.rate.per_second:g}/s (burst {self.rate.burst:g})"
             raise ResourceExhausted(
                 f"rate limit of {limit} exceeded for {call.policy.full_method}",

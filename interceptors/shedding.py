@@ -15,13 +15,11 @@ the limit is server-wide, shared by all methods of the process.
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from interceptors.call import ServerCall
 from interceptors.errors import Unavailable
-from interceptors.metrics import MethodMetrics
+from interceptors.metrics import MethodStats
 
 WARMUP_SAMPLES = 10
 
@@ -85,18 +83,14 @@ class SheddingLayer:
     def __init__(
         self,
         limiter: AdaptiveLimit,
-        metrics: MethodMetrics,
-        on_limit: Callable[[float], None],
-        clock: Callable[[], float] = time.perf_counter,
+        stats: MethodStats,
     ) -> None:
         self.limiter = limiter
-        self.metrics = metrics
-        self.on_limit = on_limit
-        self.clock = clock
+        self.stats = stats
 
     def begin(self, call: ServerCall) -> None:
         if not self.limiter.try_acquire():
-            self.metrics.shed.inc()
+            self.stats.shed += 1
             retry_after = max(0.05, self.limiter.long_rtt)
             raise Unavailable(
                 "server overloaded; retry later",
@@ -109,4 +103,3 @@ class SheddingLayer:
     def end(self, call: ServerCall) -> None:
         if call.shed_slot:
             self.limiter.release(call.elapsed)
-            self.on_limit(self.limiter.limit)

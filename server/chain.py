@@ -5,6 +5,7 @@ top to bottom before the handler, `end` bottom to top after it):
 
 1. correlation   - correlation id from the caller or new; echoed in trailers
 2. tracing       - server span, W3C trace context and baggage made current
+                   (no exporter: only the caller's context, no span)
 3. metrics       - go-grpc-prometheus counters, histogram, in-flight gauge
 4. access log    - one JSON line per call (written at `end`, so it sees the code)
 5. deadline      - contract default when none, clamp, reject expired, budget var
@@ -40,7 +41,7 @@ from interceptors.policy import MethodPolicy
 from interceptors.ratelimit import RateLimitLayer
 from interceptors.redaction import Redactor
 from interceptors.shedding import AdaptiveLimit, SheddingLayer, ShedSettings
-from interceptors.tracing import TracingLayer
+from interceptors.tracing import PropagationLayer, TracingLayer
 from interceptors.validation import RequestValidator, ValidationLayer
 from server.config import ServerConfig
 
@@ -48,13 +49,14 @@ from server.config import ServerConfig
 def build_server_chain(
     config: ServerConfig,
     registry: CollectorRegistry,
-    tracer: Tracer,
+    tracer: Tracer | None,  # None: no spans are exported, only context is propagated
     error_domain: str,
     errors: ErrorMapper,
     application_layers: Sequence[Layer] = (),
 ) -> ServerChain:
     metrics = ServerMetrics(registry)
     correlation = CorrelationLayer()
+    propagation = PropagationLayer()
     access_log = AccessLogLayer(CallLogging(config.log_calls), Redactor(config.log_redact_fields))
     deadline = DeadlineLayer(config.max_deadline)
     validator = RequestValidator()
@@ -66,22 +68,22 @@ def build_server_chain(
             max_limit=config.shed_max_limit,
         )
     )
-    metrics.concurrency_limit.set(limiter.limit)
+    metrics.concurrency_limit = lambda: limiter.limit
 
     def layers_for(policy: MethodPolicy) -> list[Layer]:
-        method_metrics = metrics.for_method(policy)
+        stats = metrics.for_method(policy)
         layers: list[Layer] = [
             correlation,
-            TracingLayer(tracer, policy),
-            MetricsLayer(method_metrics),
+            propagation if tracer is None else TracingLayer(tracer, policy),
+            MetricsLayer(stats),
             access_log,
             deadline,
         ]
         rate = config.rate_for(policy.full_method)
         if rate is not None:
-            layers.append(RateLimitLayer(rate, method_metrics))
+            layers.append(RateLimitLayer(rate, stats))
         if config.shed_enabled:
-            layers.append(SheddingLayer(limiter, method_metrics, metrics.concurrency_limit.set))
+            layers.append(SheddingLayer(limiter, stats))
         layers.append(validation)
         layers.extend(application_layers)
         return layers

@@ -58,10 +58,11 @@ class Runtime:
         self.health = HealthState(names, application.readiness_checks)
         self.admin = AdminServer(self.health, registry, config.admin_host, config.admin_port)
         self.tracing = tracing or tracer_provider(config)
+        exporting = tracing is not None or config.tracing_exporter != "NONE"
         self.chain = build_server_chain(
             config,
             registry,
-            self.tracing.get_tracer("grpc-platform.server"),
+            self.tracing.get_tracer("grpc-platform.server") if exporting else None,
             config.error_domain
             or application.error_domain
             or f"{config.service}.grpc-platform.internal",

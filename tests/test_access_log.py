@@ -33,7 +33,8 @@ def access_lines(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 async def test_success_client_error_and_server_error_lines(tmp_path: Path) -> None:
-    with running_service("tests.support.echo:build", tmp_path) as service:
+    settings = {"LOG_CALLS": "ALL", "TRACING_EXPORTER": "CONSOLE"}  # spans to stdout
+    with running_service("tests.support.echo:build", tmp_path, settings) as service:
         channels = ChannelFactory()
         client = EchoServiceClient(channels.connect(service.target))
         await client.echo(pb.EchoRequest(message="hello"), metadata=(("x-correlation-id", "c-ok"),))
@@ -69,7 +70,7 @@ async def test_success_client_error_and_server_error_lines(tmp_path: Path) -> No
 
 
 async def test_redacted_fields_never_reach_any_log_line(tmp_path: Path) -> None:
-    settings = {"LOG_LEVEL": "DEBUG", "LOG_REDACT_FIELDS": "memo"}
+    settings = {"LOG_LEVEL": "DEBUG", "LOG_REDACT_FIELDS": "memo", "LOG_CALLS": "ALL"}
     with running_service("accounts", tmp_path, settings) as service:
         channels = ChannelFactory()
         client = AccountsClient(channels.connect(service.target))

@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 import pytest
+from opentelemetry import baggage, trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -14,8 +15,10 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from clients.channel import ChannelFactory
 from grpcplatform.testing.v1 import echo_pb2 as pb
-from grpcplatform.testing.v1.echo_platform import EchoServiceClient
+from grpcplatform.testing.v1.echo_platform import ECHO_SERVICE_METHODS, EchoServiceClient
+from interceptors.call import ServerCall
 from interceptors.correlation import HEADER
+from interceptors.tracing import PropagationLayer
 from tests.conftest import StartRuntime
 from tests.support import echo
 
@@ -77,3 +80,30 @@ async def test_server_spans_join_the_callers_trace(
     assert failed.attributes is not None
     assert failed.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INTERNAL.value[0]
     assert format(failed.context.trace_id, "032x") != TRACE_ID  # a new trace
+
+
+class _Context:
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.metadata = metadata
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self.metadata
+
+
+def test_without_an_exporter_the_callers_context_still_flows() -> None:
+    layer = PropagationLayer()
+    policy = ECHO_SERVICE_METHODS["Echo"]
+    call = ServerCall(policy, _Context((("traceparent", PARENT), ("baggage", "tenant=acme"))))  # type: ignore[arg-type]
+    layer.begin(call)
+    try:
+        assert call.trace_id == TRACE_ID
+        current = trace.get_current_span().get_span_context()
+        assert format(current.trace_id, "032x") == TRACE_ID  # outbound calls will carry it
+        assert baggage.get_baggage("tenant") == "acme"
+    finally:
+        layer.end(call)
+    assert not trace.get_current_span().get_span_context().is_valid
+    quiet = ServerCall(policy, _Context(()))  # type: ignore[arg-type]
+    layer.begin(quiet)
+    layer.end(quiet)
+    assert quiet.trace_id == ""
