@@ -15,7 +15,8 @@ from pathlib import Path
 
 import grpc
 
-from clients.invoker import Connection, DeadlineInvoker, Invoker
+from clients.chain import ClientChain
+from clients.invoker import Connection, Invoker
 
 MIB = 1024 * 1024
 
@@ -48,7 +49,7 @@ class ChannelFactory:
 
     def __init__(self, settings: ChannelSettings | None = None, invoker: Invoker | None = None):
         self._settings = settings or ChannelSettings()
-        self._invoker = invoker or DeadlineInvoker()
+        self._invoker = invoker or ClientChain()
         self._connections: dict[str, Connection] = {}
 
     def connect(self, target: str) -> Connection:

@@ -34,6 +34,7 @@ from interceptors.call import Layer, ServerCall
 from interceptors.correlation import HEADER as CORRELATION_HEADER
 from interceptors.errors import STATUS_DETAILS_KEY, DeadlineExceeded, ErrorMapper, to_status
 from interceptors.policy import Arity, MethodPolicy
+from interceptors.retry import PUSHBACK_KEY
 from interceptors.validation import RequestValidator, lenient
 
 _log = logging.getLogger(__name__)
@@ -112,10 +113,13 @@ class ServerChain:
         call.code = platform.code
         call.error = error
         status = to_status(platform, self.error_domain)
-        trailers = (
+        trailers: tuple[tuple[str, str | bytes], ...] = (
             (STATUS_DETAILS_KEY, status.SerializeToString()),
             (CORRELATION_HEADER, call.correlation_id),
         )
+        if platform.retry_after is not None:
+            # gRFC A6's hint, for clients that retry natively and ignore RetryInfo.
+            trailers += ((PUSHBACK_KEY, str(round(platform.retry_after * 1000))),)
         await call.context.abort(platform.code, platform.message, trailers)
         raise AssertionError("abort returned")  # pragma: no cover - abort always raises
 

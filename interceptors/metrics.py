@@ -1,12 +1,16 @@
 """Prometheus metrics with go-grpc-prometheus names and labels, so dashboards work.
 
-Server side: `grpc_server_started_total`, `grpc_server_handled_total`
-(with `grpc_code` in Go's names), `grpc_server_msg_received_total`,
-`grpc_server_msg_sent_total`, `grpc_server_handling_seconds` (histogram with
-Prometheus' default buckets, as go-grpc-prometheus uses), all labelled
-`grpc_type`, `grpc_service`, `grpc_method`; plus `platform_server_in_flight`,
-`platform_server_throttled_total`, `platform_server_shed_total` and
-`platform_server_concurrency_limit`.
+For each side (`server`, `client`): `grpc_<side>_started_total`,
+`grpc_<side>_handled_total` (with `grpc_code` in Go's names),
+`grpc_<side>_msg_received_total`, `grpc_<side>_msg_sent_total`,
+`grpc_<side>_handling_seconds` (histogram with Prometheus' default buckets,
+as go-grpc-prometheus uses), all labelled `grpc_type`, `grpc_service`,
+`grpc_method`; plus `platform_<side>_in_flight`, and on the server
+`platform_server_throttled_total`, `platform_server_shed_total`,
+`platform_server_concurrency_limit`, on the client
+`platform_client_retries_total` and `platform_client_retries_denied_total`
+(retries the budget refused). Client counts are per attempt, as the network
+sees them.
 
 Departure from the usual prometheus-client pattern, for the hot path: the
 counts live in plain integers per method (`MethodStats`), updated on the
@@ -48,6 +52,8 @@ class MethodStats:
         "in_flight",
         "labels",
         "received",
+        "retries",
+        "retries_denied",
         "sent",
         "shed",
         "started",
@@ -63,6 +69,8 @@ class MethodStats:
         self.in_flight = 0
         self.throttled = 0
         self.shed = 0
+        self.retries = 0
+        self.retries_denied = 0
         self.handled: dict[grpc.StatusCode, int] = {grpc.StatusCode.OK: 0}
         self.buckets = [0] * (len(BUCKETS) + 1)  # per bucket, not cumulative; last is +Inf
         self.sum = 0.0
@@ -72,10 +80,11 @@ class MethodStats:
         self.sum += seconds
 
 
-class ServerMetrics(Collector):
-    """The server's metric families, collected from every method's `MethodStats`."""
+class RpcMetrics(Collector):
+    """One side's metric families, collected from every method's `MethodStats`."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, side: str = "server") -> None:
+        self.side = side
         self._methods: list[MethodStats] = []
         self.concurrency_limit: Callable[[], float] | None = None
         registry.register(self)
@@ -86,44 +95,44 @@ class ServerMetrics(Collector):
         return stats
 
     def collect(self) -> Iterator[Metric]:
+        side = self.side
         started = CounterMetricFamily(
-            "grpc_server_started", "Total number of RPCs started on the server.", labels=_LABELS
+            f"grpc_{side}_started", f"Total number of RPCs started on the {side}.", labels=_LABELS
         )
         handled = CounterMetricFamily(
-            "grpc_server_handled",
-            "Total number of RPCs completed on the server, regardless of success or failure.",
+            f"grpc_{side}_handled",
+            f"Total number of RPCs completed on the {side}, regardless of success or failure.",
             labels=[*_LABELS, "grpc_code"],
         )
         received = CounterMetricFamily(
-            "grpc_server_msg_received",
-            "Total number of RPC stream messages received on the server.",
+            f"grpc_{side}_msg_received",
+            f"Total number of RPC stream messages received on the {side}.",
             labels=_LABELS,
         )
         sent = CounterMetricFamily(
-            "grpc_server_msg_sent",
-            "Total number of gRPC stream messages sent by the server.",
+            f"grpc_{side}_msg_sent",
+            f"Total number of gRPC stream messages sent by the {side}.",
             labels=_LABELS,
         )
         handling = HistogramMetricFamily(
-            "grpc_server_handling_seconds",
-            "Histogram of response latency (seconds) of gRPC that had been application-level "
-            "handled by the server.",
+            f"grpc_{side}_handling_seconds",
+            f"Histogram of response latency (seconds) of gRPC calls on the {side}.",
             labels=_LABELS,
         )
         short = ["grpc_service", "grpc_method"]
         in_flight = GaugeMetricFamily(
-            "platform_server_in_flight", "RPCs being handled right now.", labels=short
+            f"platform_{side}_in_flight", "RPCs in flight right now.", labels=short
         )
-        throttled = CounterMetricFamily(
-            "platform_server_throttled",
-            "RPCs rejected by the rate limiter (RESOURCE_EXHAUSTED).",
-            labels=short,
-        )
-        shed = CounterMetricFamily(
-            "platform_server_shed",
-            "RPCs shed by the adaptive concurrency limit (UNAVAILABLE).",
-            labels=short,
-        )
+        if side == "server":
+            first = ("throttled", "RPCs rejected by the rate limiter (RESOURCE_EXHAUSTED).")
+            second = ("shed", "RPCs shed by the adaptive concurrency limit (UNAVAILABLE).")
+        else:
+            first = ("retries", "Attempts after the first of a call.")
+            second = ("retries_denied", "Retries the retry budget refused.")
+        extra = [
+            (name, CounterMetricFamily(f"platform_{side}_{name}", text, labels=short))
+            for name, text in (first, second)
+        ]
         for stats in self._methods:
             labels = stats.labels
             started.add_metric(labels, stats.started)
@@ -137,9 +146,10 @@ class ServerMetrics(Collector):
                 cumulative.append((_bound(bound), total))
             handling.add_metric(labels, cumulative, stats.sum)
             in_flight.add_metric(labels[1:], stats.in_flight)
-            throttled.add_metric(labels[1:], stats.throttled)
-            shed.add_metric(labels[1:], stats.shed)
-        yield from (started, handled, received, sent, handling, in_flight, throttled, shed)
+            for name, family in extra:
+                family.add_metric(labels[1:], getattr(stats, name))
+        yield from (started, handled, received, sent, handling, in_flight)
+        yield from (family for _, family in extra)
         if self.concurrency_limit is not None:
             yield GaugeMetricFamily(
                 "platform_server_concurrency_limit",

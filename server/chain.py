@@ -36,7 +36,7 @@ from interceptors.chain import ServerChain
 from interceptors.correlation import CorrelationLayer
 from interceptors.deadline import DeadlineLayer
 from interceptors.errors import ErrorMapper
-from interceptors.metrics import MetricsLayer, ServerMetrics
+from interceptors.metrics import MetricsLayer, RpcMetrics
 from interceptors.policy import MethodPolicy
 from interceptors.ratelimit import RateLimitLayer
 from interceptors.redaction import Redactor
@@ -54,7 +54,7 @@ def build_server_chain(
     errors: ErrorMapper,
     application_layers: Sequence[Layer] = (),
 ) -> ServerChain:
-    metrics = ServerMetrics(registry)
+    metrics = RpcMetrics(registry, "server")
     correlation = CorrelationLayer()
     propagation = PropagationLayer()
     access_log = AccessLogLayer(CallLogging(config.log_calls), Redactor(config.log_redact_fields))

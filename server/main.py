@@ -15,11 +15,14 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
+from clients.chain import ClientChain
 from clients.channel import ChannelFactory
+from interceptors.metrics import RpcMetrics
+from interceptors.retry import RetryBudget
 from server.application import RuntimeContext, load_factory
 from server.config import ConfigError, EnvReader, ServerConfig
 from server.logs import configure_logging
-from server.runtime import Runtime, StartupError
+from server.runtime import Runtime, StartupError, process_registry
 from server.shutdown import ShutdownSignal
 
 EXIT_CONFIG = 2
@@ -30,9 +33,12 @@ _log = logging.getLogger(__name__)
 
 async def serve(config: ServerConfig, env: Mapping[str, str]) -> None:
     factory = load_factory(config.service)
-    channels = ChannelFactory()
+    registry = process_registry()
+    channels = ChannelFactory(
+        invoker=ClientChain(metrics=RpcMetrics(registry, "client"), budget=RetryBudget())
+    )
     application = await factory(RuntimeContext(config, EnvReader(env), channels))
-    runtime = Runtime(config, application, channels)
+    runtime = Runtime(config, application, channels, registry)
     shutdown = ShutdownSignal()
     await runtime.start()
     received = await shutdown.wait()

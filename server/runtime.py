@@ -33,6 +33,14 @@ class StartupError(RuntimeError):
     """The process could not start (e.g. a port is taken); the message says which part."""
 
 
+def process_registry() -> CollectorRegistry:
+    """The registry `/metrics` serves: process and platform metrics, then ours."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
+
+
 def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -46,11 +54,7 @@ class Runtime:
         registry: CollectorRegistry | None = None,
         tracing: TracerProvider | None = None,
     ) -> None:
-        if registry is None:
-            registry = CollectorRegistry()
-            ProcessCollector(registry=registry)
-            PlatformCollector(registry=registry)
-        self.registry = registry
+        self.registry = registry = registry or process_registry()
         self.config = config
         self.application = application
         self.channels = channels

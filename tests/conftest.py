@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
+from clients.chain import ClientChain
 from clients.channel import ChannelFactory
+from interceptors.retry import RetryPolicy
 from server.application import AppFactory, RuntimeContext
 from server.config import EnvReader, ServerConfig
 from server.runtime import Runtime
@@ -49,5 +51,13 @@ async def start_runtime() -> AsyncIterator[StartRuntime]:
 @pytest.fixture
 async def channels() -> AsyncIterator[ChannelFactory]:
     factory = ChannelFactory()
+    yield factory
+    await factory.close()
+
+
+@pytest.fixture
+async def single_attempt_channels() -> AsyncIterator[ChannelFactory]:
+    """Channels whose calls are never retried: to see a server's own answers."""
+    factory = ChannelFactory(invoker=ClientChain(retry=RetryPolicy(max_attempts=1)))
     yield factory
     await factory.close()

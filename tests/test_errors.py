@@ -38,9 +38,12 @@ def by_type(error: grpc.aio.AioRpcError) -> dict[type, object]:
 
 
 @pytest.fixture
-async def client(start_runtime: StartRuntime, channels: ChannelFactory) -> EchoServiceClient:
+async def client(
+    start_runtime: StartRuntime, single_attempt_channels: ChannelFactory
+) -> EchoServiceClient:
+    """A client that does not retry, so each call shows the server's own answer."""
     runtime = await start_runtime(echo.build)
-    return EchoServiceClient(channels.connect(f"127.0.0.1:{runtime.grpc_port}"))
+    return EchoServiceClient(single_attempt_channels.connect(f"127.0.0.1:{runtime.grpc_port}"))
 
 
 EXPECTED = {

@@ -37,7 +37,11 @@ def test_policy_table_is_read_from_the_contract() -> None:
         Arity.UNARY_STREAM,
         Arity.STREAM_UNARY,
         Arity.STREAM_STREAM,
+        Arity.UNARY_UNARY,
+        Arity.UNARY_UNARY,
     ]
+    assert ECHO_SERVICE_METHODS["Notify"].idempotency is Idempotency.UNKNOWN
+    assert ECHO_SERVICE_METHODS["Store"].idempotency is Idempotency.IDEMPOTENT
 
 
 async def test_all_four_arities(start_runtime: StartRuntime, channels: ChannelFactory) -> None:

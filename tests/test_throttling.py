@@ -32,8 +32,9 @@ async def outcome(call: asyncio.Future[pb.EchoResponse] | object) -> grpc.Status
 
 
 async def test_rate_limit_rejects_the_excess_and_recovers(
-    start_runtime: StartRuntime, channels: ChannelFactory
+    start_runtime: StartRuntime, single_attempt_channels: ChannelFactory
 ) -> None:
+    channels = single_attempt_channels
     runtime = await start_runtime(echo.build, RATE_LIMIT_RPS="5", RATE_LIMIT_BURST="5")
     client = EchoServiceClient(channels.connect(f"127.0.0.1:{runtime.grpc_port}"))
     alice = (("x-client-id", "alice"),)
@@ -75,8 +76,9 @@ async def test_rate_limit_rejects_the_excess_and_recovers(
 
 
 async def test_shedding_rejects_beyond_the_limit_and_recovers(
-    start_runtime: StartRuntime, channels: ChannelFactory
+    start_runtime: StartRuntime, single_attempt_channels: ChannelFactory
 ) -> None:
+    channels = single_attempt_channels
     runtime = await start_runtime(
         echo.build, SHED_INITIAL_LIMIT="2", SHED_MIN_LIMIT="2", SHED_MAX_LIMIT="2"
     )

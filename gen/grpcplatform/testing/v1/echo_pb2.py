@@ -26,7 +26,7 @@ from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from grpcplatform.v1 import options_pb2 as grpcplatform_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"grpcplatform/testing/v1/echo.proto\x12\x17grpcplatform.testing.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1dgrpcplatform/v1/options.proto\"E\n\x0b\x45\x63hoRequest\x12\x19\n\x07message\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\x80 \x12\x1b\n\x08\x64\x65lay_ms\x18\x02 \x01(\rB\t\xbaH\x06*\x04\x18\xe0\xd4\x03\"M\n\x0c\x45\x63hoResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\x1e\n\x16time_remaining_seconds\x18\x03 \x01(\x01\"C\n\rExpandRequest\x12\x19\n\x07message\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\x80 \x12\x17\n\x05\x63ount\x18\x02 \x01(\rB\x08\xbaH\x05*\x03\x18\xe8\x07\"0\n\x0e\x45xpandResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\"+\n\x0e\x43ollectRequest\x12\x19\n\x07message\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\x80 \"0\n\x0f\x43ollectResponse\x12\x0e\n\x06joined\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"(\n\x0b\x43hatRequest\x12\x19\n\x07message\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\x80 \"\x1f\n\x0c\x43hatResponse\x12\x0f\n\x07message\x18\x01 \x01(\t2\x89\x03\n\x0b\x45\x63hoService\x12_\n\x04\x45\x63ho\x12$.grpcplatform.testing.v1.EchoRequest\x1a%.grpcplatform.testing.v1.EchoResponse\"\n\x90\x02\x01\xb2\xe1\x18\x03\x08\x88\'\x12`\n\x06\x45xpand\x12&.grpcplatform.testing.v1.ExpandRequest\x1a\'.grpcplatform.testing.v1.ExpandResponse\"\x03\x90\x02\x01\x30\x01\x12^\n\x07\x43ollect\x12\'.grpcplatform.testing.v1.CollectRequest\x1a(.grpcplatform.testing.v1.CollectResponse(\x01\x12W\n\x04\x43hat\x12$.grpcplatform.testing.v1.ChatRequest\x1a%.grpcplatform.testing.v1.ChatResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"grpcplatform/testing/v1/echo.proto\x12\x17grpcplatform.testing.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1dgrpcplatform/v1/options.proto\"E\n\x0b\x45\x63hoRequest\x12\x19\n\x07message\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\x80 \x12\x1b\n\x08\x64\x65lay_ms\x18\x02 \x01(\rB\t\xbaH\x06*\x04\x18\xe0\xd4\x03\"M\n\x0c\x45\x63hoResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\x1e\n\x16time_remaining_seconds\x18\x03 \x01(\x01\"C\n\rExpandRequest\x12\x19\n\x07message\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\x80 \x12\x17\n\x05\x63ount\x18\x02 \x01(\rB\x08\xbaH\x05*\x03\x18\xe8\x07\"0\n\x0e\x45xpandResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\"+\n\x0e\x43ollectRequest\x12\x19\n\x07message\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\x80 \"0\n\x0f\x43ollectResponse\x12\x0e\n\x06joined\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"(\n\x0b\x43hatRequest\x12\x19\n\x07message\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\x80 \"\x1f\n\x0c\x43hatResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\"*\n\rNotifyRequest\x12\x19\n\x07message\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\x80 \"\"\n\x0eNotifyResponse\x12\x10\n\x08received\x18\x01 \x01(\r\"F\n\x0cStoreRequest\x12\x1d\n\nrequest_id\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18$\x12\x17\n\x05value\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80 \"#\n\rStoreResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t2\xc1\x04\n\x0b\x45\x63hoService\x12_\n\x04\x45\x63ho\x12$.grpcplatform.testing.v1.EchoRequest\x1a%.grpcplatform.testing.v1.EchoResponse\"\n\x90\x02\x01\xb2\xe1\x18\x03\x08\x88\'\x12`\n\x06\x45xpand\x12&.grpcplatform.testing.v1.ExpandRequest\x1a\'.grpcplatform.testing.v1.ExpandResponse\"\x03\x90\x02\x01\x30\x01\x12^\n\x07\x43ollect\x12\'.grpcplatform.testing.v1.CollectRequest\x1a(.grpcplatform.testing.v1.CollectResponse(\x01\x12W\n\x04\x43hat\x12$.grpcplatform.testing.v1.ChatRequest\x1a%.grpcplatform.testing.v1.ChatResponse(\x01\x30\x01\x12Y\n\x06Notify\x12&.grpcplatform.testing.v1.NotifyRequest\x1a\'.grpcplatform.testing.v1.NotifyResponse\x12[\n\x05Store\x12%.grpcplatform.testing.v1.StoreRequest\x1a&.grpcplatform.testing.v1.StoreResponse\"\x03\x90\x02\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,10 +45,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COLLECTREQUEST'].fields_by_name['message']._serialized_options = b'\272H\005r\003\030\200 '
   _globals['_CHATREQUEST'].fields_by_name['message']._loaded_options = None
   _globals['_CHATREQUEST'].fields_by_name['message']._serialized_options = b'\272H\005r\003\030\200 '
+  _globals['_NOTIFYREQUEST'].fields_by_name['message']._loaded_options = None
+  _globals['_NOTIFYREQUEST'].fields_by_name['message']._serialized_options = b'\272H\005r\003\030\200 '
+  _globals['_STOREREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_STOREREQUEST'].fields_by_name['request_id']._serialized_options = b'\272H\006r\004\020\001\030$'
+  _globals['_STOREREQUEST'].fields_by_name['value']._loaded_options = None
+  _globals['_STOREREQUEST'].fields_by_name['value']._serialized_options = b'\272H\005r\003\030\200 '
   _globals['_ECHOSERVICE'].methods_by_name['Echo']._loaded_options = None
   _globals['_ECHOSERVICE'].methods_by_name['Echo']._serialized_options = b'\220\002\001\262\341\030\003\010\210\''
   _globals['_ECHOSERVICE'].methods_by_name['Expand']._loaded_options = None
   _globals['_ECHOSERVICE'].methods_by_name['Expand']._serialized_options = b'\220\002\001'
+  _globals['_ECHOSERVICE'].methods_by_name['Store']._loaded_options = None
+  _globals['_ECHOSERVICE'].methods_by_name['Store']._serialized_options = b'\220\002\002'
   _globals['_ECHOREQUEST']._serialized_start=123
   _globals['_ECHOREQUEST']._serialized_end=192
   _globals['_ECHORESPONSE']._serialized_start=194
@@ -65,6 +73,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATREQUEST']._serialized_end=527
   _globals['_CHATRESPONSE']._serialized_start=529
   _globals['_CHATRESPONSE']._serialized_end=560
-  _globals['_ECHOSERVICE']._serialized_start=563
-  _globals['_ECHOSERVICE']._serialized_end=956
+  _globals['_NOTIFYREQUEST']._serialized_start=562
+  _globals['_NOTIFYREQUEST']._serialized_end=604
+  _globals['_NOTIFYRESPONSE']._serialized_start=606
+  _globals['_NOTIFYRESPONSE']._serialized_end=640
+  _globals['_STOREREQUEST']._serialized_start=642
+  _globals['_STOREREQUEST']._serialized_end=712
+  _globals['_STORERESPONSE']._serialized_start=714
+  _globals['_STORERESPONSE']._serialized_end=749
+  _globals['_ECHOSERVICE']._serialized_start=752
+  _globals['_ECHOSERVICE']._serialized_end=1329
 # @@protoc_insertion_point(module_scope)

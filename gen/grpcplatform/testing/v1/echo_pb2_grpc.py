@@ -55,6 +55,16 @@ class EchoServiceStub:
                 request_serializer=grpcplatform_dot_testing_dot_v1_dot_echo__pb2.ChatRequest.SerializeToString,
                 response_deserializer=grpcplatform_dot_testing_dot_v1_dot_echo__pb2.ChatResponse.FromString,
                 _registered_method=True)
+        self.Notify = channel.unary_unary(
+                '/grpcplatform.testing.v1.EchoService/Notify',
+                request_serializer=grpcplatform_dot_testing_dot_v1_dot_echo__pb2.NotifyRequest.SerializeToString,
+                response_deserializer=grpcplatform_dot_testing_dot_v1_dot_echo__pb2.NotifyResponse.FromString,
+                _registered_method=True)
+        self.Store = channel.unary_unary(
+                '/grpcplatform.testing.v1.EchoService/Store',
+                request_serializer=grpcplatform_dot_testing_dot_v1_dot_echo__pb2.StoreRequest.SerializeToString,
+                response_deserializer=grpcplatform_dot_testing_dot_v1_dot_echo__pb2.StoreResponse.FromString,
+                _registered_method=True)
 
 
 class EchoServiceServicer:
@@ -89,6 +99,20 @@ class EchoServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Notify(self, request, context):
+        """Notify has side effects and no idempotency level: never retried.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Store(self, request, context):
+        """Store is made safe to retry by its request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EchoServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +135,16 @@ def add_EchoServiceServicer_to_server(servicer, server):
                     servicer.Chat,
                     request_deserializer=grpcplatform_dot_testing_dot_v1_dot_echo__pb2.ChatRequest.FromString,
                     response_serializer=grpcplatform_dot_testing_dot_v1_dot_echo__pb2.ChatResponse.SerializeToString,
+            ),
+            'Notify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Notify,
+                    request_deserializer=grpcplatform_dot_testing_dot_v1_dot_echo__pb2.NotifyRequest.FromString,
+                    response_serializer=grpcplatform_dot_testing_dot_v1_dot_echo__pb2.NotifyResponse.SerializeToString,
+            ),
+            'Store': grpc.unary_unary_rpc_method_handler(
+                    servicer.Store,
+                    request_deserializer=grpcplatform_dot_testing_dot_v1_dot_echo__pb2.StoreRequest.FromString,
+                    response_serializer=grpcplatform_dot_testing_dot_v1_dot_echo__pb2.StoreResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +256,60 @@ class EchoService:
             '/grpcplatform.testing.v1.EchoService/Chat',
             grpcplatform_dot_testing_dot_v1_dot_echo__pb2.ChatRequest.SerializeToString,
             grpcplatform_dot_testing_dot_v1_dot_echo__pb2.ChatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Notify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/grpcplatform.testing.v1.EchoService/Notify',
+            grpcplatform_dot_testing_dot_v1_dot_echo__pb2.NotifyRequest.SerializeToString,
+            grpcplatform_dot_testing_dot_v1_dot_echo__pb2.NotifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Store(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/grpcplatform.testing.v1.EchoService/Store',
+            grpcplatform_dot_testing_dot_v1_dot_echo__pb2.StoreRequest.SerializeToString,
+            grpcplatform_dot_testing_dot_v1_dot_echo__pb2.StoreResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,10 @@ class EchoServiceStub:
     """Collect joins every message it receives."""
     Chat: _grpc.StreamStreamMultiCallable[_echo_pb2.ChatRequest, _echo_pb2.ChatResponse]
     """Chat answers each message as it arrives."""
+    Notify: _grpc.UnaryUnaryMultiCallable[_echo_pb2.NotifyRequest, _echo_pb2.NotifyResponse]
+    """Notify has side effects and no idempotency level: never retried."""
+    Store: _grpc.UnaryUnaryMultiCallable[_echo_pb2.StoreRequest, _echo_pb2.StoreResponse]
+    """Store is made safe to retry by its request_id."""
 
 @_typing.type_check_only
 class EchoServiceAsyncStub(EchoServiceStub):
@@ -58,6 +62,10 @@ class EchoServiceAsyncStub(EchoServiceStub):
     """Collect joins every message it receives."""
     Chat: _aio.StreamStreamMultiCallable[_echo_pb2.ChatRequest, _echo_pb2.ChatResponse]  # type: ignore[assignment]
     """Chat answers each message as it arrives."""
+    Notify: _aio.UnaryUnaryMultiCallable[_echo_pb2.NotifyRequest, _echo_pb2.NotifyResponse]  # type: ignore[assignment]
+    """Notify has side effects and no idempotency level: never retried."""
+    Store: _aio.UnaryUnaryMultiCallable[_echo_pb2.StoreRequest, _echo_pb2.StoreResponse]  # type: ignore[assignment]
+    """Store is made safe to retry by its request_id."""
 
 class EchoServiceServicer(metaclass=_abc_1.ABCMeta):
     """EchoService echoes what it is sent."""
@@ -93,5 +101,21 @@ class EchoServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_echo_pb2.ChatResponse], _abc.AsyncIterator[_echo_pb2.ChatResponse]]:
         """Chat answers each message as it arrives."""
+
+    @_abc_1.abstractmethod
+    def Notify(
+        self,
+        request: _echo_pb2.NotifyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_echo_pb2.NotifyResponse, _abc.Awaitable[_echo_pb2.NotifyResponse]]:
+        """Notify has side effects and no idempotency level: never retried."""
+
+    @_abc_1.abstractmethod
+    def Store(
+        self,
+        request: _echo_pb2.StoreRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_echo_pb2.StoreResponse, _abc.Awaitable[_echo_pb2.StoreResponse]]:
+        """Store is made safe to retry by its request_id."""
 
 def add_EchoServiceServicer_to_server(servicer: EchoServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -45,6 +45,20 @@ ECHO_SERVICE_METHODS: Mapping[str, MethodPolicy] = {
         idempotency=Idempotency.UNKNOWN,
         default_deadline=2.0,
     ),
+    "Notify": MethodPolicy(
+        service="grpcplatform.testing.v1.EchoService",
+        method="Notify",
+        arity=Arity.UNARY_UNARY,
+        idempotency=Idempotency.UNKNOWN,
+        default_deadline=2.0,
+    ),
+    "Store": MethodPolicy(
+        service="grpcplatform.testing.v1.EchoService",
+        method="Store",
+        arity=Arity.UNARY_UNARY,
+        idempotency=Idempotency.IDEMPOTENT,
+        default_deadline=2.0,
+    ),
 }
 
 
@@ -86,6 +100,22 @@ class EchoServiceServicer:
         """Chat answers each message as it arrives."""
         raise NotImplementedError
 
+    async def notify(
+        self,
+        request: grpcplatform_testing_v1_echo_pb2.NotifyRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> grpcplatform_testing_v1_echo_pb2.NotifyResponse:
+        """Notify has side effects and no idempotency level: never retried."""
+        raise NotImplementedError
+
+    async def store(
+        self,
+        request: grpcplatform_testing_v1_echo_pb2.StoreRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> grpcplatform_testing_v1_echo_pb2.StoreResponse:
+        """Store is made safe to retry by its request_id."""
+        raise NotImplementedError
+
     def rpc_method_handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
         """The handlers of the methods this object overrides, by method name."""
         handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
@@ -112,6 +142,18 @@ class EchoServiceServicer:
                 self.chat,
                 request_deserializer=grpcplatform_testing_v1_echo_pb2.ChatRequest.FromString,
                 response_serializer=grpcplatform_testing_v1_echo_pb2.ChatResponse.SerializeToString,
+            )
+        if type(self).notify is not EchoServiceServicer.notify:
+            handlers["Notify"] = grpc.unary_unary_rpc_method_handler(
+                self.notify,
+                request_deserializer=grpcplatform_testing_v1_echo_pb2.NotifyRequest.FromString,
+                response_serializer=grpcplatform_testing_v1_echo_pb2.NotifyResponse.SerializeToString,
+            )
+        if type(self).store is not EchoServiceServicer.store:
+            handlers["Store"] = grpc.unary_unary_rpc_method_handler(
+                self.store,
+                request_deserializer=grpcplatform_testing_v1_echo_pb2.StoreRequest.FromString,
+                response_serializer=grpcplatform_testing_v1_echo_pb2.StoreResponse.SerializeToString,
             )
         return handlers
 
@@ -161,6 +203,22 @@ class EchoServiceClient:
             response_deserializer=grpcplatform_testing_v1_echo_pb2.ChatResponse.FromString,
             **_REGISTERED,
         )
+        self._notify: grpc.aio.UnaryUnaryMultiCallable[
+            grpcplatform_testing_v1_echo_pb2.NotifyRequest, grpcplatform_testing_v1_echo_pb2.NotifyResponse
+        ] = channel.unary_unary(
+            "/grpcplatform.testing.v1.EchoService/Notify",
+            request_serializer=grpcplatform_testing_v1_echo_pb2.NotifyRequest.SerializeToString,
+            response_deserializer=grpcplatform_testing_v1_echo_pb2.NotifyResponse.FromString,
+            **_REGISTERED,
+        )
+        self._store: grpc.aio.UnaryUnaryMultiCallable[
+            grpcplatform_testing_v1_echo_pb2.StoreRequest, grpcplatform_testing_v1_echo_pb2.StoreResponse
+        ] = channel.unary_unary(
+            "/grpcplatform.testing.v1.EchoService/Store",
+            request_serializer=grpcplatform_testing_v1_echo_pb2.StoreRequest.SerializeToString,
+            response_deserializer=grpcplatform_testing_v1_echo_pb2.StoreResponse.FromString,
+            **_REGISTERED,
+        )
 
     async def echo(
         self,
@@ -201,3 +259,23 @@ class EchoServiceClient:
     ) -> AsyncIterator[grpcplatform_testing_v1_echo_pb2.ChatResponse]:
         """Chat answers each message as it arrives."""
         return self._invoker.stream_stream(self._chat, ECHO_SERVICE_METHODS["Chat"], requests, timeout=timeout, metadata=metadata)
+
+    async def notify(
+        self,
+        request: grpcplatform_testing_v1_echo_pb2.NotifyRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> grpcplatform_testing_v1_echo_pb2.NotifyResponse:
+        """Notify has side effects and no idempotency level: never retried."""
+        return await self._invoker.unary_unary(self._notify, ECHO_SERVICE_METHODS["Notify"], request, timeout=timeout, metadata=metadata)
+
+    async def store(
+        self,
+        request: grpcplatform_testing_v1_echo_pb2.StoreRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> grpcplatform_testing_v1_echo_pb2.StoreResponse:
+        """Store is made safe to retry by its request_id."""
+        return await self._invoker.unary_unary(self._store, ECHO_SERVICE_METHODS["Store"], request, timeout=timeout, metadata=metadata)
