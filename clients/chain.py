@@ -10,18 +10,24 @@ For every call, in order:
                 within the deadline and the process-wide budget
                 (interceptors.retry); the same request, hence the same
                 `request_id`, on every attempt;
-4. metrics    - per attempt, go-grpc-prometheus client names
+4. admission  - per attempt, per dependency (clients.resilience): client rate
+                limit, circuit breakers (method and target roll-up), bulkhead;
+                a refusal fails fast without a network call and is not
+                retried; an open circuit may go to the `fallback` hook;
+5. metrics    - per attempt, go-grpc-prometheus client names
                 (interceptors.metrics, side "client").
-Streams get 1, 2 and 4: a stream is never retried.
+Streams get all but retries: a stream is never retried.
 
+`ChannelFactory.connect(target)` binds the chain to its dependency
+(`for_target`); budget, metrics and settings are shared by all targets.
 Plain Python around the call instead of `grpc.aio` client interceptors, which
-cost an extra task and call object per RPC. Circuit breakers, bulkheads and
-client rate limits slot in between 2 and 3 (next step of issue 4).
+cost an extra task and call object per RPC.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import random
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
@@ -30,6 +36,13 @@ from typing import Any, TypeVar, cast
 import grpc
 
 from clients.invoker import Metadata
+from clients.resilience import (
+    Admission,
+    CallRejected,
+    Dependency,
+    Resilience,
+    log_state_change,
+)
 from interceptors.deadline import remaining_budget
 from interceptors.metrics import MethodStats, RpcMetrics
 from interceptors.policy import MethodPolicy
@@ -38,6 +51,8 @@ from interceptors.retry import RetryBudget, RetryPolicy, retry_delay, server_hin
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
+# Answers a call whose circuit is open (e.g. from a cache); raise to refuse.
+Fallback = Callable[[MethodPolicy, Any, grpc.aio.AioRpcError], Awaitable[Any]]
 
 
 class ClientChain:
@@ -50,7 +65,13 @@ class ClientChain:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: Callable[[], float] = random.random,
+        resilience: Resilience | None = None,
+        fallback: Fallback | None = None,
     ) -> None:
+        self.resilience = resilience or Resilience()
+        self.fallback = fallback
+        self.dependency: Dependency | None = None
+        self._dependencies: dict[str, Dependency] = {}
         self.retry = retry or RetryPolicy()
         self.budget = budget or RetryBudget()
         self.metrics = metrics
@@ -59,6 +80,35 @@ class ClientChain:
         self.sleep = sleep
         self.rng = rng
         self._stats: dict[str, MethodStats] = {}
+        if metrics is not None:
+            metrics.breaker_states = self._breaker_states
+
+    def for_target(self, target: str) -> ClientChain:
+        """This chain bound to one dependency (shares everything else)."""
+        dependency = self._dependencies.get(target)
+        if dependency is None:
+            dependency = Dependency(target, self.resilience, log_state_change)
+            self._dependencies[target] = dependency
+        bound = copy.copy(self)
+        bound.dependency = dependency
+        return bound
+
+    def _breaker_states(self) -> list[tuple[str, int]]:
+        return [
+            (breaker.name, breaker.state.value)
+            for dependency in self._dependencies.values()
+            for breaker in (*dependency.breakers.values(), dependency.rollup)
+            if breaker is not None
+        ]
+
+    async def _admit(self, policy: MethodPolicy, deadline_at: float) -> Admission | None:
+        if self.dependency is None:
+            return None
+        return await self.dependency.admit(policy, deadline_at - self.clock())
+
+    def _rejected(self, stats: MethodStats | None, reason: str) -> None:
+        if stats is not None:
+            stats.rejected[reason] = stats.rejected.get(reason, 0) + 1
 
     def deadline(self, policy: MethodPolicy, timeout: float | None) -> float:
         """Seconds the whole call (all attempts) may take."""
@@ -110,11 +160,14 @@ class ClientChain:
         self.budget.record_request()
         retry_number = 0
         while True:
-            started = self._started(stats, 1)
             try:
-                response = await rpc(request, timeout=deadline_at - self.clock(), metadata=outbound)
+                return await self._once(rpc, policy, request, deadline_at, outbound, stats)
+            except CallRejected as rejected:
+                self._rejected(stats, rejected.reason)
+                if self.fallback is not None and rejected.reason == "CIRCUIT_OPEN":
+                    return cast(Response, await self.fallback(policy, request, rejected))
+                raise
             except grpc.aio.AioRpcError as error:
-                self._finished(stats, error.code(), started, 0)
                 if not policy.safe_to_retry:
                     raise
                 retry_number += 1
@@ -131,9 +184,31 @@ class ClientChain:
                 if stats is not None:
                     stats.retries += 1
                 await self.sleep(delay)
-                continue
-            self._finished(stats, grpc.StatusCode.OK, started, 1)
+
+    async def _once(
+        self,
+        rpc: grpc.aio.UnaryUnaryMultiCallable[Request, Response],
+        policy: MethodPolicy,
+        request: Request,
+        deadline_at: float,
+        outbound: list[tuple[str, str | bytes]],
+        stats: MethodStats | None,
+    ) -> Response:
+        """One admitted attempt; the outcome is recorded before any retry waits."""
+        admission = await self._admit(policy, deadline_at)
+        started = self._started(stats, 1)
+        code = grpc.StatusCode.CANCELLED
+        try:
+            response = await rpc(request, timeout=deadline_at - self.clock(), metadata=outbound)
+            code = grpc.StatusCode.OK
             return response
+        except grpc.aio.AioRpcError as error:
+            code = error.code()
+            raise
+        finally:
+            self._finished(stats, code, started, 1 if code is grpc.StatusCode.OK else 0)
+            if admission is not None:
+                admission.finish(code)
 
     async def unary_stream(
         self,
@@ -144,10 +219,12 @@ class ClientChain:
         timeout: float | None,
         metadata: Metadata | None,
     ) -> AsyncIterator[Response]:
+        deadline_at = self.clock() + self.deadline(policy, timeout)
+        admission = await self._admitted(policy, deadline_at)
         call: Any = rpc(
-            request, timeout=self.deadline(policy, timeout), metadata=outbound_metadata(metadata)
+            request, timeout=deadline_at - self.clock(), metadata=outbound_metadata(metadata)
         )
-        async for response in self._observed(policy, call, 1):
+        async for response in self._observed(policy, call, 1, admission):
             yield response
 
     async def stream_unary(
@@ -160,18 +237,25 @@ class ClientChain:
         metadata: Metadata | None,
     ) -> Response:
         stats = self._stats_of(policy)
+        deadline_at = self.clock() + self.deadline(policy, timeout)
+        admission = await self._admitted(policy, deadline_at)
         started = self._started(stats, 0)
+        code = grpc.StatusCode.CANCELLED
         try:
             response = await rpc(
                 _iterator(requests),
-                timeout=self.deadline(policy, timeout),
+                timeout=deadline_at - self.clock(),
                 metadata=outbound_metadata(metadata),
             )
+            code = grpc.StatusCode.OK
+            return response
         except grpc.aio.AioRpcError as error:
-            self._finished(stats, error.code(), started, 0)
+            code = error.code()
             raise
-        self._finished(stats, grpc.StatusCode.OK, started, 1)
-        return response
+        finally:
+            self._finished(stats, code, started, 1 if code is grpc.StatusCode.OK else 0)
+            if admission is not None:
+                admission.finish(code)
 
     async def stream_stream(
         self,
@@ -182,26 +266,43 @@ class ClientChain:
         timeout: float | None,
         metadata: Metadata | None,
     ) -> AsyncIterator[Response]:
+        deadline_at = self.clock() + self.deadline(policy, timeout)
+        admission = await self._admitted(policy, deadline_at)
         call: Any = rpc(
             _iterator(requests),
-            timeout=self.deadline(policy, timeout),
+            timeout=deadline_at - self.clock(),
             metadata=outbound_metadata(metadata),
         )
-        async for response in self._observed(policy, call, 0):
+        async for response in self._observed(policy, call, 0, admission):
             yield response
 
-    async def _observed(self, policy: MethodPolicy, call: Any, sent: int) -> AsyncIterator[Any]:
+    async def _admitted(self, policy: MethodPolicy, deadline_at: float) -> Admission | None:
+        """Admission for a stream: a refusal is counted and raised (streams have no fallback)."""
+        try:
+            return await self._admit(policy, deadline_at)
+        except CallRejected as rejected:
+            self._rejected(self._stats_of(policy), rejected.reason)
+            raise
+
+    async def _observed(
+        self, policy: MethodPolicy, call: Any, sent: int, admission: Admission | None
+    ) -> AsyncIterator[Any]:
         stats = self._stats_of(policy)
         started = self._started(stats, sent)
         received = 0
+        code = grpc.StatusCode.CANCELLED
         try:
             async for response in call:
                 received += 1
                 yield response
+            code = grpc.StatusCode.OK
         except grpc.aio.AioRpcError as error:
-            self._finished(stats, error.code(), started, received)
+            code = error.code()
             raise
-        self._finished(stats, grpc.StatusCode.OK, started, received)
+        finally:
+            self._finished(stats, code, started, received)
+            if admission is not None:
+                admission.finish(code)
 
 
 def _iterator(requests: AsyncIterable[Request]) -> AsyncIterator[Request]:

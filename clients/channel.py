@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 
 from clients.chain import ClientChain
-from clients.invoker import Connection, Invoker
+from clients.invoker import Connection
 
 MIB = 1024 * 1024
 
@@ -47,15 +47,17 @@ class ChannelSettings:
 class ChannelFactory:
     """Builds and shares channels per target; `close()` closes them all."""
 
-    def __init__(self, settings: ChannelSettings | None = None, invoker: Invoker | None = None):
+    def __init__(self, settings: ChannelSettings | None = None, chain: ClientChain | None = None):
         self._settings = settings or ChannelSettings()
-        self._invoker = invoker or ClientChain()
+        self._chain = chain or ClientChain()
         self._connections: dict[str, Connection] = {}
 
     def connect(self, target: str) -> Connection:
         connection = self._connections.get(target)
         if connection is None:
-            connection = Connection(target, self._new_channel(target), self._invoker)
+            connection = Connection(
+                target, self._new_channel(target), self._chain.for_target(target)
+            )
             self._connections[target] = connection
         return connection
 

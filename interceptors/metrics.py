@@ -52,6 +52,7 @@ class MethodStats:
         "in_flight",
         "labels",
         "received",
+        "rejected",
         "retries",
         "retries_denied",
         "sent",
@@ -71,6 +72,7 @@ class MethodStats:
         self.shed = 0
         self.retries = 0
         self.retries_denied = 0
+        self.rejected: dict[str, int] = {}  # client: calls refused before the network, by reason
         self.handled: dict[grpc.StatusCode, int] = {grpc.StatusCode.OK: 0}
         self.buckets = [0] * (len(BUCKETS) + 1)  # per bucket, not cumulative; last is +Inf
         self.sum = 0.0
@@ -87,6 +89,7 @@ class RpcMetrics(Collector):
         self.side = side
         self._methods: list[MethodStats] = []
         self.concurrency_limit: Callable[[], float] | None = None
+        self.breaker_states: Callable[[], list[tuple[str, int]]] | None = None
         registry.register(self)
 
     def for_method(self, policy: MethodPolicy) -> MethodStats:
@@ -150,6 +153,26 @@ class RpcMetrics(Collector):
                 family.add_metric(labels[1:], getattr(stats, name))
         yield from (started, handled, received, sent, handling, in_flight)
         yield from (family for _, family in extra)
+        if side == "client":
+            rejected = CounterMetricFamily(
+                "platform_client_rejected",
+                "Calls refused on the client, before the network (CIRCUIT_OPEN, "
+                "BULKHEAD_FULL, CLIENT_RATE_LIMITED).",
+                labels=[*short, "reason"],
+            )
+            for stats in self._methods:
+                for reason, count in stats.rejected.items():
+                    rejected.add_metric([*stats.labels[1:], reason], count)
+            yield rejected
+        if self.breaker_states is not None:
+            states = GaugeMetricFamily(
+                "platform_client_breaker_state",
+                "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
+                labels=["breaker"],
+            )
+            for name, state in self.breaker_states():
+                states.add_metric([name], state)
+            yield states
         if self.concurrency_limit is not None:
             yield GaugeMetricFamily(
                 "platform_server_concurrency_limit",

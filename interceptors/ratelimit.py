@@ -1,4 +1,5 @@
-"""Server-side rate limiting: a token bucket per method and caller.
+"""Rate limiting with token buckets: per method and caller on the server, per
+dependency on the client (`ClientRateLimiter`).
 
 Each (method, caller) pair gets a bucket of `burst` tokens refilled at `rate`
 per second; a call without a token is rejected at once with
@@ -15,6 +16,7 @@ admin traffic never pass through the chain, so they are never throttled.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -44,6 +46,17 @@ class TokenBucket:
         self._rate = rate
         self._tokens = rate.burst
         self._updated = now
+
+    def reserve(self, now: float) -> float:
+        """Takes a token now or on credit: the seconds until it is really there (0: now)."""
+        rate = self._rate
+        self._tokens = min(rate.burst, self._tokens + (now - self._updated) * rate.per_second)
+        self._updated = now
+        self._tokens -= 1.0
+        return 0.0 if self._tokens >= 0 else -self._tokens / rate.per_second
+
+    def refund(self) -> None:
+        self._tokens += 1.0
 
     def take(self, now: float) -> float:
         """0.0 when a token was taken, else the seconds until one will be there."""
@@ -102,3 +115,25 @@ class RateLimitLayer:
 
     def end(self, call: ServerCall) -> None:
         return None
+
+
+class ClientRateLimiter:
+    """Keeps calls to one dependency under its published rate: a call waits for its
+    token when the wait fits within `max_wait` and its deadline, else is refused."""
+
+    def __init__(
+        self, rate: Rate, max_wait: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.bucket = TokenBucket(rate, clock())
+        self.max_wait = max_wait
+        self.clock = clock
+
+    async def acquire(self, budget: float) -> bool:
+        wait = self.bucket.reserve(self.clock())
+        if wait == 0.0:
+            return True
+        if wait > min(self.max_wait, budget):
+            self.bucket.refund()
+            return False
+        await asyncio.sleep(wait)
+        return True

@@ -35,7 +35,7 @@ async def serve(config: ServerConfig, env: Mapping[str, str]) -> None:
     factory = load_factory(config.service)
     registry = process_registry()
     channels = ChannelFactory(
-        invoker=ClientChain(metrics=RpcMetrics(registry, "client"), budget=RetryBudget())
+        chain=ClientChain(metrics=RpcMetrics(registry, "client"), budget=RetryBudget())
     )
     application = await factory(RuntimeContext(config, EnvReader(env), channels))
     runtime = Runtime(config, application, channels, registry)

@@ -58,6 +58,6 @@ async def channels() -> AsyncIterator[ChannelFactory]:
 @pytest.fixture
 async def single_attempt_channels() -> AsyncIterator[ChannelFactory]:
     """Channels whose calls are never retried: to see a server's own answers."""
-    factory = ChannelFactory(invoker=ClientChain(retry=RetryPolicy(max_attempts=1)))
+    factory = ChannelFactory(chain=ClientChain(retry=RetryPolicy(max_attempts=1)))
     yield factory
     await factory.close()

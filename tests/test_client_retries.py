@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from clients.chain import ClientChain
 from clients.channel import ChannelFactory
+from clients.resilience import Resilience
 from grpcplatform.testing.v1 import echo_pb2 as pb
 from grpcplatform.testing.v1.echo_platform import EchoServiceClient, EchoServiceServicer
 from interceptors import errors
@@ -34,6 +35,7 @@ from tests.support import echo
 from tests.test_metrics import value
 
 Context = grpc.aio.ServicerContext[Any, Any]
+NO_BREAKER = Resilience(breaker=None)
 Fault = Exception | Callable[[Context], Awaitable[None]] | None
 
 
@@ -87,7 +89,7 @@ async def serve(start_runtime: StartRuntime, servicer: Scripted) -> str:
 
 
 def client(target: str, chain: ClientChain) -> EchoServiceClient:
-    return EchoServiceClient(ChannelFactory(invoker=chain).connect(target))
+    return EchoServiceClient(ChannelFactory(chain=chain).connect(target))
 
 
 async def test_non_idempotent_method_is_sent_exactly_once(start_runtime: StartRuntime) -> None:
@@ -138,7 +140,10 @@ async def test_real_jitter_varies(start_runtime: StartRuntime) -> None:
 async def test_no_attempt_starts_after_the_deadline(start_runtime: StartRuntime) -> None:
     servicer = Scripted(forever(unavailable), delay=0.03)
     target = await serve(start_runtime, servicer)
-    chain = ClientChain(retry=RetryPolicy(max_attempts=50, initial_backoff=0.02, max_backoff=0.05))
+    chain = ClientChain(
+        retry=RetryPolicy(max_attempts=50, initial_backoff=0.02, max_backoff=0.05),
+        resilience=NO_BREAKER,
+    )
     started = time.monotonic()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await client(target, chain).echo(pb.EchoRequest(message="late"), timeout=0.2)
@@ -194,6 +199,7 @@ async def test_retry_budget_caps_attempts_during_an_outage(start_runtime: StartR
         retry=RetryPolicy(max_attempts=3, initial_backoff=0.001, max_backoff=0.002),
         budget=budget,
         metrics=metrics,
+        resilience=NO_BREAKER,  # this test is about the budget alone
     )
     echo_client = client(target, chain)
     calls = 100
