@@ -20,7 +20,7 @@ help:
 	@echo "make run      set up and start the local stack (moto + accounts + transfers)"
 	@echo "make test     set up and run every test (lint, types, contracts, codegen drift, pytest)"
 	@echo "make codegen  regenerate gen/ from proto/"
-	@echo "make bench    measure the server chain against a bare grpc.aio server"
+	@echo "make bench    measure the server and client chains against bare grpc.aio"
 
 $(STAMP): pyproject.toml $(wildcard gen/*/__init__.py)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -71,6 +71,7 @@ bench-tools:
 
 bench: setup bench-tools
 	$(PY) -m bench.server_bench
+	$(PY) -m bench.client_bench
 
 run: setup
 	$(PY) tools/devstack.py

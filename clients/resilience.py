@@ -21,7 +21,13 @@ import grpc
 
 from interceptors.breaker import BreakerSettings, CircuitBreaker, State
 from interceptors.bulkhead import Bulkhead, BulkheadSettings
-from interceptors.errors import PlatformError, ResourceExhausted, Unavailable, to_status
+from interceptors.errors import (
+    STATUS_DETAILS_KEY,
+    PlatformError,
+    ResourceExhausted,
+    Unavailable,
+    to_status,
+)
 from interceptors.policy import MethodPolicy
 from interceptors.ratelimit import ClientRateLimiter, Rate
 
@@ -42,9 +48,10 @@ class Resilience:
 class CallRejected(grpc.aio.AioRpcError):
     """Refused on the client, before any network call."""
 
-    def __init__(self, error: PlatformError) -> None:
-        status = to_status(error, CLIENT_DOMAIN)
-        trailers = grpc.aio.Metadata(("grpc-status-details-bin", status.SerializeToString()))
+    def __init__(self, error: PlatformError, encoded_status: bytes | None = None) -> None:
+        if encoded_status is None:
+            encoded_status = to_status(error, CLIENT_DOMAIN).SerializeToString()
+        trailers = grpc.aio.Metadata((STATUS_DETAILS_KEY, encoded_status))
         super().__init__(error.code, grpc.aio.Metadata(), trailers, error.message, "")
         self.reason = error.reason
 
@@ -77,6 +84,9 @@ class Dependency:
             CircuitBreaker(target, settings.breaker, on_change) if settings.breaker else None
         )
         self.breakers: dict[str, CircuitBreaker] = {}
+        # The rejection of an open breaker is the same for its whole open period:
+        # built once, so failing fast stays far cheaper than a call (`make bench`).
+        self._rejections: dict[str, tuple[float, Unavailable, bytes]] = {}
         self.bulkhead = Bulkhead(settings.bulkhead) if settings.bulkhead else None
         self.limiter = (
             ClientRateLimiter(settings.rate, settings.rate_max_wait) if settings.rate else None
@@ -107,14 +117,7 @@ class Dependency:
             if not breaker.allow():
                 for taken in allowed:
                     taken.release_probe()
-                raise CallRejected(
-                    Unavailable(
-                        f"circuit open for {breaker.name}",
-                        reason="CIRCUIT_OPEN",
-                        metadata={"target": self.target, "method": policy.full_method},
-                        retry_after=round(breaker.retry_after(), 3),
-                    )
-                )
+                raise self._open_circuit(breaker, policy)
             allowed.append(breaker)
         if self.bulkhead is not None and not await self.bulkhead.acquire(budget):
             for taken in allowed:
@@ -127,6 +130,19 @@ class Dependency:
                 )
             )
         return Admission(self, breakers)
+
+    def _open_circuit(self, breaker: CircuitBreaker, policy: MethodPolicy) -> CallRejected:
+        cached = self._rejections.get(breaker.name)
+        if cached is None or cached[0] != breaker.open_until:
+            error = Unavailable(
+                f"circuit open for {breaker.name}",
+                reason="CIRCUIT_OPEN",
+                metadata={"target": self.target, "method": policy.full_method},
+                retry_after=round(breaker.retry_after(), 3),
+            )
+            encoded = to_status(error, CLIENT_DOMAIN).SerializeToString()
+            cached = self._rejections[breaker.name] = (breaker.open_until, error, encoded)
+        return CallRejected(cached[1], cached[2])
 
 
 def log_state_change(name: str, old: State, new: State) -> None:

@@ -84,6 +84,11 @@ class CircuitBreaker:
         if old is not new:
             self.on_change(self.name, old, new)
 
+    @property
+    def open_until(self) -> float:
+        """When the current (or last) open period ends, on the breaker's clock."""
+        return self._open_until
+
     def retry_after(self) -> float:
         """Seconds until the breaker will let a probe through (0 unless open)."""
         return max(0.0, self._open_until - self.clock()) if self.state is State.OPEN else 0.0

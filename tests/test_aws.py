@@ -1,0 +1,173 @@
+"""The AWS wrapper against moto in server mode, stopped and restarted mid-test."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
+
+from clients.aws import AwsClients, AwsSettings, is_transient, safe_to_retry
+from interceptors.breaker import BreakerSettings, State
+from interceptors.errors import Unavailable
+from interceptors.retry import RetryPolicy
+from tests.support.net import BIN, HOST, free_port, poll, port_open
+
+
+class Moto:
+    def __init__(self, port: int, log: Path) -> None:
+        self.port = port
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def start(self) -> None:
+        with self.log.open("ab") as sink:
+            self.process = subprocess.Popen(
+                [str(BIN / "moto_server"), "-H", HOST, "-p", str(self.port)],
+                stdout=sink,
+                stderr=sink,
+            )
+        poll(lambda: port_open(self.port), 30, "moto to listen")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(30)
+            self.process = None
+        poll(lambda: not port_open(self.port), 10, "moto to stop")
+
+
+@pytest.fixture
+def moto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Moto]:
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",  # moto accepts anything; nothing real
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    server = Moto(free_port(), tmp_path / "moto.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def aws(moto: Moto) -> AsyncIterator[AwsClients]:
+    settings = AwsSettings(
+        endpoint_url=moto.url,
+        connect_timeout=0.3,
+        read_timeout=1.0,
+        retry=RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.02),
+        breaker=BreakerSettings(minimum_calls=4, open_seconds=0.5, half_open_probes=1),
+    )
+    clients = AwsClients(settings)
+    yield clients
+    await clients.close()
+
+
+def state_of(client: Any) -> State:
+    state: State = client.breaker.state
+    return state
+
+
+async def create_table(dynamodb: Any) -> None:
+    await dynamodb.create_table(
+        TableName="items",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+
+async def test_breaker_opens_and_closes_and_unsafe_calls_are_sent_once(
+    moto: Moto, aws: AwsClients
+) -> None:
+    dynamodb = await aws.client("dynamodb")
+    sends: list[str] = []
+    dynamodb.raw.meta.events.register(
+        "before-send.dynamodb", lambda **kwargs: sends.append(kwargs["request"].url)
+    )
+    await create_table(dynamodb)
+    await dynamodb.put_item(TableName="items", Item={"pk": {"S": "a"}})
+    got = await dynamodb.get_item(TableName="items", Key={"pk": {"S": "a"}})
+    assert got["Item"]["pk"]["S"] == "a"
+
+    moto.stop()
+    sends.clear()
+    with pytest.raises(Unavailable) as caught:  # unconditional write: not safe to repeat
+        await dynamodb.put_item(TableName="items", Item={"pk": {"S": "b"}})
+    assert caught.value.reason == "DEPENDENCY_UNAVAILABLE"
+    assert len(sends) == 1
+    sends.clear()
+    with pytest.raises(Unavailable):  # a read: retried, until the breaker opens
+        await dynamodb.get_item(TableName="items", Key={"pk": {"S": "a"}})
+    assert 2 <= len(sends) <= 3
+    assert state_of(dynamodb) is State.OPEN
+
+    sends.clear()
+    started = time.perf_counter()
+    with pytest.raises(Unavailable) as caught:
+        await dynamodb.get_item(TableName="items", Key={"pk": {"S": "a"}})
+    assert time.perf_counter() - started < 0.005
+    assert caught.value.reason == "CIRCUIT_OPEN"
+    assert caught.value.retry_after is not None
+    assert sends == []
+
+    moto.start()  # back, empty (moto keeps no state): the service re-creates its table
+    deadline = time.monotonic() + 10
+    while dynamodb.breaker.retry_after() > 0:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    await dynamodb.list_tables()  # the half-open probe
+    assert state_of(dynamodb) is State.CLOSED
+    await create_table(dynamodb)
+    await dynamodb.put_item(TableName="items", Item={"pk": {"S": "c"}})
+
+
+async def test_aws_client_errors_pass_through_and_do_not_open_the_breaker(
+    aws: AwsClients,
+) -> None:
+    dynamodb = await aws.client("dynamodb")
+    for _ in range(8):
+        with pytest.raises(ClientError) as caught:
+            await dynamodb.get_item(TableName="missing", Key={"pk": {"S": "a"}})
+        assert caught.value.response["Error"]["Code"] == "ResourceNotFoundException"
+    assert state_of(dynamodb) is State.CLOSED
+
+
+def test_which_operations_are_safe_to_repeat() -> None:
+    assert safe_to_retry("get_item", {})
+    assert safe_to_retry("query", {})
+    assert safe_to_retry("receive_message", {})
+    assert not safe_to_retry("put_item", {"Item": {}})
+    assert safe_to_retry(
+        "put_item", {"Item": {}, "ConditionExpression": "attribute_not_exists(pk)"}
+    )
+    assert not safe_to_retry("transact_write_items", {"TransactItems": []})
+    assert safe_to_retry("transact_write_items", {"TransactItems": [], "ClientRequestToken": "t"})
+    assert not safe_to_retry("send_message", {"MessageBody": "x"})
+    assert safe_to_retry("send_message", {"MessageBody": "x", "MessageDeduplicationId": "d"})
+    assert not safe_to_retry("delete_table", {})
+
+
+def test_transient_classification() -> None:
+    def client_error(code: str, status: int) -> ClientError:
+        return ClientError(
+            {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "Op"
+        )
+
+    assert is_transient(EndpointConnectionError(endpoint_url="http://x"))
+    assert is_transient(TimeoutError())
+    assert is_transient(client_error("ProvisionedThroughputExceededException", 400))
+    assert is_transient(client_error("InternalServerError", 500))
+    assert not is_transient(client_error("ConditionalCheckFailedException", 400))
+    assert not is_transient(ValueError())
