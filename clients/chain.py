@@ -16,6 +16,8 @@ For every call, in order:
                 retried; an open circuit may go to the `fallback` hook;
 5. metrics    - per attempt, go-grpc-prometheus client names
                 (interceptors.metrics, side "client").
+With a tracer (an exporter is configured), each unary call is a CLIENT span
+around all of this, and the propagated `traceparent` names it as parent.
 Streams get all but retries: a stream is never retried.
 
 `ChannelFactory.connect(target)` binds the chain to its dependency
@@ -28,12 +30,14 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import random
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 import grpc
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from clients.invoker import Metadata
 from clients.resilience import (
@@ -43,6 +47,7 @@ from clients.resilience import (
     Resilience,
     log_state_change,
 )
+from clients.settings import ClientSettings
 from interceptors.deadline import remaining_budget
 from interceptors.metrics import MethodStats, RpcMetrics
 from interceptors.policy import MethodPolicy
@@ -67,12 +72,17 @@ class ClientChain:
         rng: Callable[[], float] = random.random,
         resilience: Resilience | None = None,
         fallback: Fallback | None = None,
+        settings: ClientSettings | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
-        self.resilience = resilience or Resilience()
+        self.settings = settings or ClientSettings()
+        self.tracer = tracer
+        self.resilience = resilience or self.settings.resilience
         self.fallback = fallback
         self.dependency: Dependency | None = None
         self._dependencies: dict[str, Dependency] = {}
-        self.retry = retry or RetryPolicy()
+        self.retry = retry or self.settings.retry
+        self._method_retry: dict[str, RetryPolicy] = {}
         self.budget = budget or RetryBudget()
         self.metrics = metrics
         self.reserve = reserve
@@ -83,15 +93,30 @@ class ClientChain:
         if metrics is not None:
             metrics.breaker_states = self._breaker_states
 
-    def for_target(self, target: str) -> ClientChain:
-        """This chain bound to one dependency (shares everything else)."""
+    def for_target(self, target: str, name: str | None = None) -> ClientChain:
+        """This chain bound to one dependency, with its settings (`CLIENT_<NAME>_*`)."""
+        retry, resilience = self.retry, self.resilience
+        if name is not None:
+            retry, resilience = self.settings.for_dependency(name)
         dependency = self._dependencies.get(target)
         if dependency is None:
-            dependency = Dependency(target, self.resilience, log_state_change)
+            dependency = Dependency(target, resilience, log_state_change)
             self._dependencies[target] = dependency
         bound = copy.copy(self)
         bound.dependency = dependency
+        bound.retry = retry
+        bound._method_retry = {}
         return bound
+
+    def _retry_of(self, policy: MethodPolicy) -> RetryPolicy:
+        retry = self._method_retry.get(policy.full_method)
+        if retry is None:
+            override = self.settings.methods.get(policy.full_method)
+            retry = self.retry
+            if override is not None and override.max_attempts is not None:
+                retry = dataclasses.replace(retry, max_attempts=override.max_attempts)
+            self._method_retry[policy.full_method] = retry
+        return retry
 
     def _breaker_states(self) -> list[tuple[str, int]]:
         return [
@@ -112,7 +137,13 @@ class ClientChain:
 
     def deadline(self, policy: MethodPolicy, timeout: float | None) -> float:
         """Seconds the whole call (all attempts) may take."""
-        deadline = policy.default_deadline if timeout is None else timeout
+        if timeout is None:
+            override = self.settings.methods.get(policy.full_method)
+            deadline = (
+                override.deadline if override and override.deadline else policy.default_deadline
+            )
+        else:
+            deadline = timeout
         budget = remaining_budget()
         if budget is not None:
             deadline = min(deadline, budget - self.reserve)
@@ -154,11 +185,42 @@ class ClientChain:
         timeout: float | None,
         metadata: Metadata | None,
     ) -> Response:
+        if self.tracer is None:
+            return await self._unary(rpc, policy, request, timeout, metadata)
+        with self.tracer.start_as_current_span(
+            policy.full_method[1:],
+            kind=SpanKind.CLIENT,
+            attributes={
+                "rpc.system": "grpc",
+                "rpc.service": policy.service,
+                "rpc.method": policy.method,
+                "server.address": self.dependency.target if self.dependency else "",
+            },
+            record_exception=False,
+        ) as span:
+            try:
+                response = await self._unary(rpc, policy, request, timeout, metadata)
+            except grpc.aio.AioRpcError as error:
+                span.set_attribute("rpc.grpc.status_code", error.code().value[0])
+                span.set_status(Status(StatusCode.ERROR, error.code().name))
+                raise
+            span.set_attribute("rpc.grpc.status_code", 0)
+            return response
+
+    async def _unary(
+        self,
+        rpc: grpc.aio.UnaryUnaryMultiCallable[Request, Response],
+        policy: MethodPolicy,
+        request: Request,
+        timeout: float | None,
+        metadata: Metadata | None,
+    ) -> Response:
         deadline_at = self.clock() + self.deadline(policy, timeout)
-        outbound = outbound_metadata(metadata)
+        outbound = outbound_metadata(metadata)  # inside the client span: it is the parent
         stats = self._stats_of(policy)
         self.budget.record_request()
         retry_number = 0
+        retry = self._retry_of(policy)
         while True:
             try:
                 return await self._once(rpc, policy, request, deadline_at, outbound, stats)
@@ -172,10 +234,10 @@ class ClientChain:
                     raise
                 retry_number += 1
                 hint = server_hint(error.trailing_metadata())
-                delay = retry_delay(self.retry, error.code(), hint, retry_number, self.rng)
+                delay = retry_delay(retry, error.code(), hint, retry_number, self.rng)
                 if delay is None:
                     raise
-                if self.clock() + delay + self.retry.min_attempt_time > deadline_at:
+                if self.clock() + delay + retry.min_attempt_time > deadline_at:
                     raise _out_of_time(error) from error
                 if not self.budget.try_spend():
                     if stats is not None:

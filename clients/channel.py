@@ -17,6 +17,7 @@ import grpc
 
 from clients.chain import ClientChain
 from clients.invoker import Connection
+from clients.settings import Reader, SettingsError
 
 MIB = 1024 * 1024
 
@@ -30,6 +31,34 @@ class ChannelSettings:
     # PEM file of the CA that signs the servers' certificates; None: plaintext.
     tls_root_ca: Path | None = None
     extra_options: tuple[tuple[str, str | int], ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_env(cls, read: Reader) -> ChannelSettings:
+        """`CLIENT_TLS_ROOT_CA` (PEM file; empty: plaintext), `CLIENT_MAX_MESSAGE_BYTES`,
+        `CLIENT_KEEPALIVE_TIME_SECONDS`, `CLIENT_KEEPALIVE_TIMEOUT_SECONDS`,
+        `CLIENT_LOAD_BALANCING` (round_robin or pick_first)."""
+        defaults = cls()
+        ca = read.string("CLIENT_TLS_ROOT_CA", "")
+        if ca and not Path(ca).is_file():
+            raise SettingsError(f"CLIENT_TLS_ROOT_CA names no readable file: {ca!r}")
+        balancing = read.string("CLIENT_LOAD_BALANCING", defaults.load_balancing)
+        if balancing not in ("round_robin", "pick_first"):
+            raise SettingsError(
+                f"CLIENT_LOAD_BALANCING must be round_robin or pick_first, got {balancing!r}"
+            )
+        return cls(
+            max_message_bytes=read.integer(
+                "CLIENT_MAX_MESSAGE_BYTES", str(defaults.max_message_bytes), minimum=1024
+            ),
+            keepalive_time_s=read.seconds(
+                "CLIENT_KEEPALIVE_TIME_SECONDS", str(defaults.keepalive_time_s)
+            ),
+            keepalive_timeout_s=read.seconds(
+                "CLIENT_KEEPALIVE_TIMEOUT_SECONDS", str(defaults.keepalive_timeout_s)
+            ),
+            load_balancing=balancing,
+            tls_root_ca=Path(ca) if ca else None,
+        )
 
     def grpc_options(self) -> list[tuple[str, str | int]]:
         service_config: dict[str, object] = {"loadBalancingConfig": [{self.load_balancing: {}}]}
@@ -52,11 +81,13 @@ class ChannelFactory:
         self._chain = chain or ClientChain()
         self._connections: dict[str, Connection] = {}
 
-    def connect(self, target: str) -> Connection:
+    def connect(self, target: str, dependency: str | None = None) -> Connection:
+        """The shared connection to `target`; `dependency` names it for its settings
+        (`CLIENT_<DEPENDENCY>_*`, see clients.settings)."""
         connection = self._connections.get(target)
         if connection is None:
             connection = Connection(
-                target, self._new_channel(target), self._chain.for_target(target)
+                target, self._new_channel(target), self._chain.for_target(target, dependency)
             )
             self._connections[target] = connection
         return connection

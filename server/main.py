@@ -16,7 +16,8 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from clients.chain import ClientChain
-from clients.channel import ChannelFactory
+from clients.channel import ChannelFactory, ChannelSettings
+from clients.settings import ClientSettings, SettingsError
 from interceptors.metrics import RpcMetrics
 from interceptors.retry import RetryBudget
 from server.application import RuntimeContext, load_factory
@@ -24,6 +25,7 @@ from server.config import ConfigError, EnvReader, ServerConfig
 from server.logs import configure_logging
 from server.runtime import Runtime, StartupError, process_registry
 from server.shutdown import ShutdownSignal
+from server.tracing import exporting, tracer_provider
 
 EXIT_CONFIG = 2
 EXIT_STARTUP = 1
@@ -34,11 +36,16 @@ _log = logging.getLogger(__name__)
 async def serve(config: ServerConfig, env: Mapping[str, str]) -> None:
     factory = load_factory(config.service)
     registry = process_registry()
-    channels = ChannelFactory(
-        chain=ClientChain(metrics=RpcMetrics(registry, "client"), budget=RetryBudget())
+    tracing = tracer_provider(config)
+    chain = ClientChain(
+        settings=ClientSettings(EnvReader(env)),
+        metrics=RpcMetrics(registry, "client"),
+        budget=RetryBudget(),
+        tracer=tracing.get_tracer("grpc-platform.client") if exporting(tracing) else None,
     )
+    channels = ChannelFactory(ChannelSettings.from_env(EnvReader(env)), chain)
     application = await factory(RuntimeContext(config, EnvReader(env), channels))
-    runtime = Runtime(config, application, channels, registry)
+    runtime = Runtime(config, application, channels, registry, tracing)
     shutdown = ShutdownSignal()
     await runtime.start()
     received = await shutdown.wait()
@@ -59,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = ServerConfig.from_env(env)
         configure_logging(config.service, config.log_level)
         asyncio.run(serve(config, env))
-    except ConfigError as error:
+    except (ConfigError, SettingsError) as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return EXIT_CONFIG
     except StartupError as error:

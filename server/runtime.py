@@ -24,7 +24,7 @@ from server.chain import build_server_chain
 from server.config import ServerConfig
 from server.health import HealthState
 from server.reflection import enable_reflection
-from server.tracing import tracer_provider
+from server.tracing import exporting, tracer_provider
 
 _log = logging.getLogger(__name__)
 
@@ -62,11 +62,10 @@ class Runtime:
         self.health = HealthState(names, application.readiness_checks)
         self.admin = AdminServer(self.health, registry, config.admin_host, config.admin_port)
         self.tracing = tracing or tracer_provider(config)
-        exporting = tracing is not None or config.tracing_exporter != "NONE"
         self.chain = build_server_chain(
             config,
             registry,
-            self.tracing.get_tracer("grpc-platform.server") if exporting else None,
+            self.tracing.get_tracer("grpc-platform.server") if exporting(self.tracing) else None,
             config.error_domain
             or application.error_domain
             or f"{config.service}.grpc-platform.internal",

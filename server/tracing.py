@@ -22,6 +22,11 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRat
 from server.config import ServerConfig
 
 
+def exporting(provider: TracerProvider) -> bool:
+    """False for TRACING_EXPORTER=NONE's provider: no span would ever be recorded."""
+    return provider.sampler is not ALWAYS_OFF
+
+
 def tracer_provider(config: ServerConfig) -> TracerProvider:
     resource = Resource.create({"service.name": config.service})
     if config.tracing_exporter == "NONE":

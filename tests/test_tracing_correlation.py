@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from clients.chain import ClientChain
 from clients.channel import ChannelFactory
 from grpcplatform.testing.v1 import echo_pb2 as pb
 from grpcplatform.testing.v1.echo_platform import ECHO_SERVICE_METHODS, EchoServiceClient
@@ -107,3 +108,24 @@ def test_without_an_exporter_the_callers_context_still_flows() -> None:
     layer.begin(quiet)
     layer.end(quiet)
     assert quiet.trace_id == ""
+
+
+async def test_client_spans_parent_the_downstream_server_span(
+    start_runtime: StartRuntime,
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    downstream = await start_runtime(echo.build, tracing=provider)
+    chain = ClientChain(tracer=provider.get_tracer("test"))
+    client = EchoServiceClient(
+        ChannelFactory(chain=chain).connect(f"127.0.0.1:{downstream.grpc_port}")
+    )
+    await client.echo(pb.EchoRequest(message="x"))
+    spans = {span.kind: span for span in exporter.get_finished_spans()}
+    server_span, client_span = spans[SpanKind.SERVER], spans[SpanKind.CLIENT]
+    assert client_span.kind == SpanKind.CLIENT
+    assert client_span.name == "grpcplatform.testing.v1.EchoService/Echo"
+    assert server_span.parent is not None
+    assert server_span.parent.span_id == client_span.context.span_id
+    assert server_span.context.trace_id == client_span.context.trace_id

@@ -1,7 +1,8 @@
 """Composition root of the Transfers service (entry point `transfers`).
 
 Settings: `ACCOUNTS_TARGET`, the gRPC target of the Accounts service
-(default `127.0.0.1:50051`; in Kubernetes `dns:///accounts-headless:50051`).
+(default `127.0.0.1:50051`; in Kubernetes `dns:///accounts-headless:50051`);
+its client policies from `CLIENT_ACCOUNTS_*` (clients.settings).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from services.transfers.service import TransfersService
 
 async def build(context: RuntimeContext) -> Application:
     target = context.env.string("ACCOUNTS_TARGET", "127.0.0.1:50051")
-    accounts = AccountsClient(context.channels.connect(target))
+    accounts = AccountsClient(context.channels.connect(target, dependency="accounts"))
     return Application(
         servicers=[TransfersService(accounts)], error_domain="transfers.ledger.internal"
     )
