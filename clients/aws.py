@@ -42,6 +42,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
 
+from clients.settings import ClientSettings, Reader
 from interceptors.breaker import BreakerSettings, CircuitBreaker, State
 from interceptors.bulkhead import Bulkhead, BulkheadSettings
 from interceptors.deadline import remaining_budget
@@ -94,8 +95,27 @@ class AwsSettings:
     read_timeout: float = 2.0
     default_timeout: float = 2.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    breaker: BreakerSettings | None = field(default_factory=BreakerSettings)  # None: off
     bulkhead: BulkheadSettings = field(default_factory=BulkheadSettings)
+
+    @classmethod
+    def from_env(cls, read: Reader, service: str) -> AwsSettings:
+        """`AWS_REGION`, `AWS_ENDPOINT_URL` (moto locally; unset in AWS) and
+        `AWS_CONNECT_TIMEOUT_SECONDS` / `AWS_READ_TIMEOUT_SECONDS`; the policies of
+        one AWS service from `CLIENT_AWS_<SERVICE>_*` (clients.settings)."""
+        retry, resilience = ClientSettings(read).for_dependency(f"aws_{service}")
+        defaults = cls()
+        return cls(
+            region=read.string("AWS_REGION", defaults.region),
+            endpoint_url=read.string("AWS_ENDPOINT_URL", "") or None,
+            connect_timeout=read.seconds(
+                "AWS_CONNECT_TIMEOUT_SECONDS", str(defaults.connect_timeout)
+            ),
+            read_timeout=read.seconds("AWS_READ_TIMEOUT_SECONDS", str(defaults.read_timeout)),
+            retry=retry,
+            breaker=resilience.breaker,
+            bulkhead=resilience.bulkhead or BulkheadSettings(),
+        )
 
 
 class ResilientAwsClient:
@@ -114,7 +134,11 @@ class ResilientAwsClient:
         self.raw = raw
         self.settings = settings
         self.budget = budget
-        self.breaker = CircuitBreaker(f"aws:{service}", settings.breaker, on_change)
+        self.breaker = (
+            CircuitBreaker(f"aws:{service}", settings.breaker, on_change)
+            if settings.breaker is not None
+            else None
+        )
         self.bulkhead = Bulkhead(settings.bulkhead)
         self.sleep = sleep
 
@@ -160,15 +184,17 @@ class ResilientAwsClient:
     async def _once(
         self, operation: str, params: dict[str, Any], deadline_at: float
     ) -> dict[str, Any]:
-        if not self.breaker.allow():
+        breaker = self.breaker
+        if breaker is not None and not breaker.allow():
             raise Unavailable(
                 f"circuit open for {self.service}",
                 reason="CIRCUIT_OPEN",
                 metadata={"dependency": self.service},
-                retry_after=round(max(self.breaker.retry_after(), 0.001), 3),
+                retry_after=round(max(breaker.retry_after(), 0.001), 3),
             )
         if not await self.bulkhead.acquire(deadline_at - time.monotonic()):
-            self.breaker.release_probe()
+            if breaker is not None:
+                breaker.release_probe()
             raise ResourceExhausted(
                 f"bulkhead for {self.service} is full",
                 reason="BULKHEAD_FULL",
@@ -187,7 +213,8 @@ class ResilientAwsClient:
                 code = grpc.StatusCode.OK  # the service answered: not its failure
             raise
         finally:
-            self.breaker.record(code, time.perf_counter() - started)
+            if breaker is not None:
+                breaker.record(code, time.perf_counter() - started)
             self.bulkhead.release()
 
 

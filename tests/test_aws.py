@@ -16,6 +16,7 @@ from clients.aws import AwsClients, AwsSettings, is_transient, safe_to_retry
 from interceptors.breaker import BreakerSettings, State
 from interceptors.errors import Unavailable
 from interceptors.retry import RetryPolicy
+from server.config import EnvReader
 from tests.support.net import BIN, HOST, free_port, poll, port_open
 
 
@@ -124,7 +125,9 @@ async def test_breaker_opens_and_closes_and_unsafe_calls_are_sent_once(
 
     moto.start()  # back, empty (moto keeps no state): the service re-creates its table
     deadline = time.monotonic() + 10
-    while dynamodb.breaker.retry_after() > 0:
+    breaker = dynamodb.breaker
+    assert breaker is not None
+    while breaker.retry_after() > 0:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.02)
     await dynamodb.list_tables()  # the half-open probe
@@ -171,3 +174,26 @@ def test_transient_classification() -> None:
     assert is_transient(client_error("InternalServerError", 500))
     assert not is_transient(client_error("ConditionalCheckFailedException", 400))
     assert not is_transient(ValueError())
+
+
+def test_aws_settings_from_the_environment() -> None:
+    read = EnvReader(
+        {
+            "AWS_REGION": "eu-west-1",
+            "AWS_ENDPOINT_URL": "http://127.0.0.1:5000",
+            "AWS_READ_TIMEOUT_SECONDS": "0.5",
+            "CLIENT_AWS_DYNAMODB_BULKHEAD_MAX_CONCURRENT": "16",
+            "CLIENT_AWS_DYNAMODB_RETRY_MAX_ATTEMPTS": "2",
+        }
+    )
+    dynamodb = AwsSettings.from_env(read, "dynamodb")
+    assert (dynamodb.region, dynamodb.endpoint_url, dynamodb.read_timeout) == (
+        "eu-west-1",
+        "http://127.0.0.1:5000",
+        0.5,
+    )
+    assert dynamodb.bulkhead.max_concurrent == 16
+    assert dynamodb.retry.max_attempts == 2
+    sqs = AwsSettings.from_env(read, "sqs")
+    assert sqs.bulkhead.max_concurrent == 64  # the defaults
+    assert AwsSettings.from_env(EnvReader({}), "sqs").endpoint_url is None  # real AWS
