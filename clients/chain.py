@@ -272,7 +272,7 @@ class ClientChain:
             if admission is not None:
                 admission.finish(code)
 
-    async def unary_stream(
+    def unary_stream(
         self,
         rpc: grpc.aio.UnaryStreamMultiCallable[Request, Response],
         policy: MethodPolicy,
@@ -281,13 +281,10 @@ class ClientChain:
         timeout: float | None,
         metadata: Metadata | None,
     ) -> AsyncIterator[Response]:
-        deadline_at = self.clock() + self.deadline(policy, timeout)
-        admission = await self._admitted(policy, deadline_at)
-        call: Any = rpc(
-            request, timeout=deadline_at - self.clock(), metadata=outbound_metadata(metadata)
-        )
-        async for response in self._observed(policy, call, 1, admission):
-            yield response
+        def start(left: float) -> Any:
+            return rpc(request, timeout=left, metadata=outbound_metadata(metadata))
+
+        return self._streamed(policy, timeout, 1, start)
 
     async def stream_unary(
         self,
@@ -319,7 +316,7 @@ class ClientChain:
             if admission is not None:
                 admission.finish(code)
 
-    async def stream_stream(
+    def stream_stream(
         self,
         rpc: grpc.aio.StreamStreamMultiCallable[Request, Response],
         policy: MethodPolicy,
@@ -328,14 +325,19 @@ class ClientChain:
         timeout: float | None,
         metadata: Metadata | None,
     ) -> AsyncIterator[Response]:
+        def start(left: float) -> Any:
+            return rpc(_iterator(requests), timeout=left, metadata=outbound_metadata(metadata))
+
+        return self._streamed(policy, timeout, 0, start)
+
+    async def _streamed(
+        self, policy: MethodPolicy, timeout: float | None, sent: int, start: Callable[[float], Any]
+    ) -> AsyncIterator[Any]:
+        """A response stream: admitted, started within the deadline, observed to its end."""
         deadline_at = self.clock() + self.deadline(policy, timeout)
         admission = await self._admitted(policy, deadline_at)
-        call: Any = rpc(
-            _iterator(requests),
-            timeout=deadline_at - self.clock(),
-            metadata=outbound_metadata(metadata),
-        )
-        async for response in self._observed(policy, call, 0, admission):
+        call = start(deadline_at - self.clock())
+        async for response in self._observed(policy, call, sent, admission):
             yield response
 
     async def _admitted(self, policy: MethodPolicy, deadline_at: float) -> Admission | None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Generic, TypeVar
 
 import grpc
 from google.protobuf import duration_pb2
@@ -35,6 +35,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+Violation = TypeVar("Violation")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,20 +98,24 @@ class TransientError(PlatformError):
     transient = True
 
 
-class InvalidArgument(ClientError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
-    error_code = "INVALID_ARGUMENT"
+class _WithViolations(ClientError, Generic[Violation]):
+    """A client error that lists what was wrong, one entry per violation."""
 
     def __init__(
         self,
         message: str,
-        violations: Sequence[FieldViolation] = (),
+        violations: Sequence[Violation] = (),
         *,
         reason: str | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message, reason=reason, metadata=metadata)
         self.violations = list(violations)
+
+
+class InvalidArgument(_WithViolations[FieldViolation]):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    error_code = "INVALID_ARGUMENT"
 
     def details(self) -> list[Message]:
         return [
@@ -125,20 +130,9 @@ class InvalidArgument(ClientError):
         ]
 
 
-class FailedPrecondition(ClientError):
+class FailedPrecondition(_WithViolations[PreconditionViolation]):
     code = grpc.StatusCode.FAILED_PRECONDITION
     error_code = "FAILED_PRECONDITION"
-
-    def __init__(
-        self,
-        message: str,
-        violations: Sequence[PreconditionViolation] = (),
-        *,
-        reason: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message, reason=reason, metadata=metadata)
-        self.violations = list(violations)
 
     def details(self) -> list[Message]:
         return [
