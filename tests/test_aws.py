@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import statistics
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -115,10 +116,13 @@ async def test_breaker_opens_and_closes_and_unsafe_calls_are_sent_once(
     assert state_of(dynamodb) is State.OPEN
 
     sends.clear()
-    started = time.perf_counter()
-    with pytest.raises(Unavailable) as caught:
-        await dynamodb.get_item(TableName="items", Key={"pk": {"S": "a"}})
-    assert time.perf_counter() - started < 0.005
+    timings = []
+    for _ in range(10):
+        started = time.perf_counter()
+        with pytest.raises(Unavailable) as caught:
+            await dynamodb.get_item(TableName="items", Key={"pk": {"S": "a"}})
+        timings.append(time.perf_counter() - started)
+    assert statistics.median(timings) < 0.002
     assert caught.value.reason == "CIRCUIT_OPEN"
     assert caught.value.retry_after is not None
     assert sends == []
