@@ -8,6 +8,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BUF := tools/buf/node_modules/.bin/buf
 BUF_STAMP := tools/buf/node_modules/.installed
+DEPLOY_VENV := .venv-deploy
+DEPLOY_STAMP := $(DEPLOY_VENV)/.installed
 IMAGE_DIR := build/proto
 BASELINE := proto/breaking-baseline.binpb
 
@@ -32,7 +34,12 @@ $(BUF_STAMP): tools/buf/package.json
 	cd tools/buf && npm install --silent --no-audit --no-fund
 	touch $@
 
-setup: $(STAMP) $(BUF_STAMP)
+$(DEPLOY_STAMP): tools/deploy/requirements.txt
+	test -x $(DEPLOY_VENV)/bin/python || $(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/python -m pip install --quiet -r tools/deploy/requirements.txt
+	touch $@
+
+setup: $(STAMP) $(BUF_STAMP) $(DEPLOY_STAMP)
 
 codegen: $(STAMP)
 	$(PY) -m codegen
@@ -77,4 +84,4 @@ run: setup
 	$(PY) tools/devstack.py
 
 clean:
-	rm -rf $(VENV) build tools/buf/node_modules .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(DEPLOY_VENV) build tools/buf/node_modules .mypy_cache .ruff_cache .pytest_cache

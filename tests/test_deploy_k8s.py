@@ -1,0 +1,227 @@
+"""The container image and the Kubernetes manifests, validated offline by real tools.
+
+No Docker engine and no cluster are reachable here: kustomize (kubectl) renders
+every overlay, kubernetes-validate checks every object in strict mode against
+Kubernetes 1.30, the invariants that matter are asserted on the rendered
+objects (and shown to catch mutations), and the image's own entrypoint argv
+is run against the installed package to show it serves and answers health.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.support.net import BIN, HOST, ROOT, free_port, poll, ready_status
+
+DEPLOY_BIN = ROOT / ".venv-deploy" / "bin"
+OVERLAYS = ("dev", "prod")
+K8S_VERSION = "1.30.0"
+NLB_ANNOTATIONS = {
+    "service.beta.kubernetes.io/aws-load-balancer-type": "external",
+    "service.beta.kubernetes.io/aws-load-balancer-nlb-target-type": "ip",
+    "service.beta.kubernetes.io/aws-load-balancer-scheme": "internal",
+    "service.beta.kubernetes.io/aws-load-balancer-attributes": (
+        "load_balancing.cross_zone.enabled=true"
+    ),
+}
+
+
+def render(overlay: str) -> str:
+    result = subprocess.run(
+        [str(DEPLOY_BIN / "kubectl"), "kustomize", str(ROOT / "k8s" / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return result.stdout
+
+
+def objects(overlay: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(render(overlay)) if doc]
+
+
+def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def seconds(value: str) -> float:
+    return float(value)
+
+
+def deployment_problems(deployment: dict[str, Any], config: dict[str, str]) -> list[str]:
+    """What is wrong with a Deployment, by the rules the platform promises."""
+    problems = []
+    pod = deployment["spec"]["template"]["spec"]
+    pod_security = pod.get("securityContext", {})
+    if pod_security.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+        problems.append("seccomp profile is not RuntimeDefault")
+    for container in pod["containers"]:
+        name = container["name"]
+        security = {**pod_security, **container.get("securityContext", {})}
+        if security.get("runAsNonRoot") is not True or security.get("runAsUser", 0) == 0:
+            problems.append(f"{name} may run as root")
+        if security.get("readOnlyRootFilesystem") is not True:
+            problems.append(f"{name} has a writable root filesystem")
+        if security.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{name} allows privilege escalation")
+        if security.get("capabilities", {}).get("drop") != ["ALL"]:
+            problems.append(f"{name} does not drop all capabilities")
+        for probe, service in (
+            ("readinessProbe", None),
+            ("livenessProbe", "liveness"),
+            ("startupProbe", "liveness"),
+        ):
+            grpc_probe = container.get(probe, {}).get("grpc")
+            if not grpc_probe or grpc_probe.get("port") != 50051:
+                problems.append(f"{name} has no gRPC {probe} on the gRPC port")
+            elif grpc_probe.get("service") != service:
+                problems.append(f"{name} {probe} asks the wrong health service")
+        if "limits" not in container.get("resources", {}):
+            problems.append(f"{name} has no resource limits")
+        pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("exec", {})
+        sleep = float(pre_stop.get("command", ["sleep", "0"])[-1])
+        drain = seconds(config["SHUTDOWN_DELAY_SECONDS"]) + seconds(
+            config["SHUTDOWN_GRACE_SECONDS"]
+        )
+        if sleep + drain >= pod.get("terminationGracePeriodSeconds", 30):
+            problems.append(f"{name}: preStop {sleep} + drain {drain} exceed the grace period")
+        if sleep < 30:
+            problems.append(f"{name}: preStop shorter than the NLB deregistration delay (30 s)")
+    return problems
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def rendered(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+    return request.param, objects(request.param)
+
+
+def test_every_overlay_renders_and_validates_strictly(tmp_path: Path) -> None:
+    for overlay in OVERLAYS:
+        manifest = tmp_path / f"{overlay}.yaml"
+        manifest.write_text(render(overlay))
+        result = subprocess.run(
+            [str(DEPLOY_BIN / "kubernetes-validate"), "--strict", "-k", K8S_VERSION, str(manifest)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "passed" in result.stdout + result.stderr
+
+
+def test_deployments_keep_the_platform_promises(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = rendered
+    configs = {c["metadata"]["name"]: c["data"] for c in of_kind(docs, "ConfigMap")}
+    deployments = of_kind(docs, "Deployment")
+    assert {d["metadata"]["name"] for d in deployments} == {"accounts", "transfers"}
+    for deployment in deployments:
+        config = configs[f"{deployment['metadata']['name']}-config"]
+        assert deployment_problems(deployment, config) == []
+
+
+def test_services_are_behind_an_internal_nlb_and_a_headless_service(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered
+    services = {s["metadata"]["name"]: s for s in of_kind(docs, "Service")}
+    for name in ("accounts", "transfers"):
+        nlb = services[name]
+        assert nlb["spec"]["type"] == "LoadBalancer"
+        annotations = nlb["metadata"]["annotations"]
+        assert NLB_ANNOTATIONS.items() <= annotations.items()
+        attributes = annotations[
+            "service.beta.kubernetes.io/aws-load-balancer-target-group-attributes"
+        ]
+        assert "deregistration_delay.timeout_seconds=30" in attributes
+        assert "deregistration_delay.connection_termination.enabled=true" in attributes
+        assert services[f"{name}-headless"]["spec"]["clusterIP"] == "None"
+
+
+def test_prod_pins_the_image_by_digest_and_dev_does_not_need_to() -> None:
+    for deployment in of_kind(objects("prod"), "Deployment"):
+        image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+        assert re.fullmatch(r".+@sha256:[0-9a-f]{64}", image), image
+
+
+def test_transfers_reaches_accounts_through_the_headless_service() -> None:
+    configs = {c["metadata"]["name"]: c["data"] for c in of_kind(objects("prod"), "ConfigMap")}
+    assert configs["transfers-config"]["ACCOUNTS_TARGET"] == "dns:///accounts-headless:50051"
+
+
+@pytest.mark.parametrize(
+    ("mutation", "expected"),
+    [
+        (lambda c: c.pop("readinessProbe"), "no gRPC readinessProbe"),
+        (lambda c: c.pop("livenessProbe"), "no gRPC livenessProbe"),
+        (lambda c: c["securityContext"].update(runAsUser=0), "may run as root"),
+        (lambda c: c["securityContext"].update(readOnlyRootFilesystem=False), "writable root"),
+        (lambda c: c["lifecycle"]["preStop"]["exec"].update(command=["sleep", "45"]), "exceed"),
+    ],
+)
+def test_the_checks_catch_mutations(mutation: Any, expected: str) -> None:
+    docs = objects("prod")
+    config = next(
+        c["data"] for c in of_kind(docs, "ConfigMap") if c["metadata"]["name"] == "accounts-config"
+    )
+    deployment = copy.deepcopy(
+        next(d for d in of_kind(docs, "Deployment") if d["metadata"]["name"] == "accounts")
+    )
+    mutation(deployment["spec"]["template"]["spec"]["containers"][0])
+    assert any(expected in problem for problem in deployment_problems(deployment, config))
+
+
+def dockerfile_argv() -> list[str]:
+    """ENTRYPOINT + CMD of the Dockerfile, which must be in exec (JSON) form."""
+    text = (ROOT / "Dockerfile").read_text()
+    entrypoint = re.search(r"^ENTRYPOINT (\[.*\])$", text, re.M)
+    command = re.search(r"^CMD (\[.*\])$", text, re.M)
+    assert entrypoint, "ENTRYPOINT is not in exec form"
+    assert command, "CMD is not in exec form"
+    return [*json.loads(entrypoint.group(1)), *json.loads(command.group(1))]
+
+
+def test_the_images_entrypoint_starts_the_server_and_answers_health(tmp_path: Path) -> None:
+    argv = dockerfile_argv()
+    assert argv == ["grpc-platform", "accounts"]
+    config = next(
+        c["data"]
+        for c in of_kind(objects("prod"), "ConfigMap")
+        if c["metadata"]["name"] == "accounts-config"
+    )
+    grpc_port, admin_port = free_port(), free_port()
+    env = {
+        **{k: str(v) for k, v in config.items()},
+        "GRPC_HOST": HOST,
+        "GRPC_PORT": str(grpc_port),
+        "ADMIN_HOST": HOST,
+        "ADMIN_PORT": str(admin_port),
+        "PATH": str(BIN),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    log = (tmp_path / "entrypoint.log").open("wb")
+    process = subprocess.Popen([str(BIN / argv[0]), *argv[1:]], env=env, stderr=log, cwd=tmp_path)
+    try:
+        poll(lambda: (ready_status(admin_port) or (0,))[0] == 200, 30, "the entrypoint to serve")
+        with grpc.insecure_channel(f"{HOST}:{grpc_port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for service in ("", "liveness", "ledger.v1.Accounts"):  # what the probes ask
+                reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log.close()
