@@ -6,8 +6,9 @@ beside the message module, holding per service:
 - `<Service>_METHODS`: the policy table read from the contract (arity,
   protobuf's `idempotency_level`, our `grpcplatform.v1.method_policy`);
 - `<Service>Servicer`: an async server base with typed, snake_case methods;
-  only the methods a subclass overrides are registered, so the others answer
-  UNIMPLEMENTED from gRPC itself;
+  `rpc_method_handlers()` returns only the methods a subclass overrides (the
+  others answer UNIMPLEMENTED from gRPC itself), and the runtime wraps each
+  in the server chain before registering it;
 - `<Service>Client`: a typed async client whose calls go through the
   platform's client chain (`clients.invoker.Invoker`).
 
@@ -286,16 +287,7 @@ class FileWriter:
                 f"                response_serializer={response}.SerializeToString,",
                 "            )",
             ]
-        out += [
-            "        return handlers",
-            "",
-            "    def add_to_server(self, server: grpc.aio.Server) -> None:",
-            '        """Registers the overridden methods on `server`."""',
-            "        # Registered handlers skip the generic lookup per call; the stubs lack them.",
-            "        server.add_registered_method_handlers(  # type: ignore[attr-defined]",
-            "            self.SERVICE_NAME, self.rpc_method_handlers()",
-            "        )",
-        ]
+        out += ["        return handlers"]
         return out
 
     def render_client(

@@ -5,8 +5,9 @@ A `Layer` is a pair of synchronous hooks: `begin(call)` before the handler
 reverse order, with `call.code` and `call.error` set. Synchronous hooks cost
 a function call each, not a coroutine and a task, which keeps the whole chain
 cheap on the hot path; the chain itself (interceptors.chain) owns the awaits.
-Layers keep their per-call state on the `ServerCall` (slots below; `extras`
-for a service's own layers).
+Layers keep their per-call state on the `ServerCall` (slots below; a service's
+own layers may put a dict in `extras`, None until then: nothing is allocated
+per call for state nobody uses).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class ServerCall:
         self.span_token: Any = None
         self.correlation_token: Any = None
         self.deadline_token: Any = None
-        self.extras: dict[str, Any] = {}
+        self.extras: dict[str, Any] | None = None  # a service layer's own state, if it needs any
 
     def header(self, key: str) -> str | None:
         value = self.metadata.get(key)

@@ -73,13 +73,6 @@ class TransfersServicer:
             )
         return handlers
 
-    def add_to_server(self, server: grpc.aio.Server) -> None:
-        """Registers the overridden methods on `server`."""
-        # Registered handlers skip the generic lookup per call; the stubs lack them.
-        server.add_registered_method_handlers(  # type: ignore[attr-defined]
-            self.SERVICE_NAME, self.rpc_method_handlers()
-        )
-
 
 class TransfersClient:
     """Typed async client. Transfers moves money between two accounts of the same currency, as a saga over the Accounts service: debit the source, credit the destination, refund the source if the credit cannot be made. Every call goes through the connection's client chain, which applies the method's policy from the contract."""

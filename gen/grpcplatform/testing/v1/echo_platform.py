@@ -157,13 +157,6 @@ class EchoServiceServicer:
             )
         return handlers
 
-    def add_to_server(self, server: grpc.aio.Server) -> None:
-        """Registers the overridden methods on `server`."""
-        # Registered handlers skip the generic lookup per call; the stubs lack them.
-        server.add_registered_method_handlers(  # type: ignore[attr-defined]
-            self.SERVICE_NAME, self.rpc_method_handlers()
-        )
-
 
 class EchoServiceClient:
     """Typed async client. EchoService echoes what it is sent. Every call goes through the connection's client chain, which applies the method's policy from the contract."""
