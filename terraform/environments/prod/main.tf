@@ -1,0 +1,82 @@
+# The ledger's production environment: network, cluster, data, one IRSA role per
+# service, and the image repository.
+
+data "aws_caller_identity" "current" {}
+
+locals {
+  name = "ledger-${var.environment}"
+  tags = { system = "ledger" }
+  # Table design (README, Storage); TTL on the idempotency records.
+  tables = {
+    accounts    = { hash_key = "account_id" }
+    transfers   = { hash_key = "transfer_id" }
+    idempotency = { hash_key = "key", ttl_attribute = "expires_at" }
+    activity    = { hash_key = "account_id", range_key = "event_id" }
+  }
+}
+
+module "data" {
+  source              = "../../modules/data"
+  name                = local.name
+  tables              = local.tables
+  deletion_protection = true
+  rotation_lambda_arn = var.secret_rotation_lambda_arn
+  tags                = local.tags
+}
+
+module "network" {
+  source          = "../../modules/network"
+  name            = local.name
+  cidr_block      = var.vpc_cidr
+  log_kms_key_arn = module.data.kms_key_arn
+  tags            = local.tags
+}
+
+module "eks" {
+  source             = "../../modules/eks"
+  name               = local.name
+  region             = var.region
+  account_id         = data.aws_caller_identity.current.account_id
+  private_subnet_ids = module.network.private_subnet_ids
+  kms_key_arn        = module.data.kms_key_arn
+  tags               = local.tags
+}
+
+module "accounts_role" {
+  source            = "../../modules/service_role"
+  name              = "${local.name}-accounts"
+  oidc_provider_arn = module.eks.oidc_provider_arn
+  oidc_provider     = module.eks.oidc_provider
+  namespace         = var.namespace
+  service_account   = "accounts"
+  table_arns        = [module.data.table_arns["accounts"], module.data.table_arns["idempotency"]]
+  secret_arns       = [module.data.page_token_secret_arn]
+  kms_key_arn       = module.data.kms_key_arn
+  tags              = local.tags
+}
+
+module "transfers_role" {
+  source            = "../../modules/service_role"
+  name              = "${local.name}-transfers"
+  oidc_provider_arn = module.eks.oidc_provider_arn
+  oidc_provider     = module.eks.oidc_provider
+  namespace         = var.namespace
+  service_account   = "transfers"
+  table_arns = [
+    module.data.table_arns["transfers"],
+    module.data.table_arns["idempotency"],
+    module.data.table_arns["activity"],
+  ]
+  send_queue_arns    = [module.data.events_queue_arn]
+  receive_queue_arns = [module.data.events_queue_arn]
+  secret_arns        = [module.data.page_token_secret_arn]
+  kms_key_arn        = module.data.kms_key_arn
+  tags               = local.tags
+}
+
+module "ecr" {
+  source      = "../../modules/ecr"
+  name        = "grpc-platform"
+  kms_key_arn = module.data.kms_key_arn
+  tags        = local.tags
+}

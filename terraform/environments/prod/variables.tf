@@ -1,0 +1,29 @@
+variable "region" {
+  description = "AWS region of the environment."
+  type        = string
+  default     = "eu-west-1"
+}
+
+variable "environment" {
+  description = "Environment name (prefix ledger-<environment>)."
+  type        = string
+  default     = "prod"
+}
+
+variable "vpc_cidr" {
+  description = "Address range of the VPC (keep k8s NetworkPolicies in step)."
+  type        = string
+  default     = "10.0.0.0/16"
+}
+
+variable "namespace" {
+  description = "Kubernetes namespace of the services (k8s/overlays/prod)."
+  type        = string
+  default     = "ledger"
+}
+
+variable "secret_rotation_lambda_arn" {
+  description = "Lambda that rotates the page-token key; null: rotate by hand."
+  type        = string
+  default     = null
+}

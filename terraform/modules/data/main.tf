@@ -1,0 +1,113 @@
+# The ledger's state and messaging: a KMS key for everything at rest, the DynamoDB
+# tables (on-demand, point-in-time recovery, KMS encryption, TTL, deletion
+# protection where asked), the SQS event queue with its dead-letter queue, and
+# the Secrets Manager secret (page-token HMAC key) with a rotation hook.
+
+data "aws_caller_identity" "current" {}
+
+data "aws_iam_policy_document" "key" {
+  # The account's administrators manage the key; services use it through their
+  # IRSA roles' own policies (service_role module), which name this key's ARN.
+  statement {
+    sid       = "AccountAdministration"
+    actions   = ["kms:*"]
+    resources = ["*"] # in a key policy, "*" means this key
+    principals {
+      type        = "AWS"
+      identifiers = ["arn:aws:iam::${data.aws_caller_identity.current.account_id}:root"]
+    }
+  }
+}
+
+resource "aws_kms_key" "this" {
+  description             = "${var.name}: DynamoDB, SQS, Secrets Manager, logs"
+  enable_key_rotation     = true
+  deletion_window_in_days = 30
+  policy                  = data.aws_iam_policy_document.key.json
+  tags                    = var.tags
+}
+
+resource "aws_kms_alias" "this" {
+  name          = "alias/${var.name}"
+  target_key_id = aws_kms_key.this.key_id
+}
+
+resource "aws_dynamodb_table" "this" {
+  for_each                    = var.tables
+  name                        = "${var.name}-${each.key}"
+  billing_mode                = "PAY_PER_REQUEST"
+  hash_key                    = each.value.hash_key
+  range_key                   = each.value.range_key
+  deletion_protection_enabled = var.deletion_protection
+
+  dynamic "attribute" {
+    for_each = compact([each.value.hash_key, each.value.range_key])
+    content {
+      name = attribute.value
+      type = "S"
+    }
+  }
+
+  point_in_time_recovery {
+    enabled = true
+  }
+
+  server_side_encryption {
+    enabled     = true
+    kms_key_arn = aws_kms_key.this.arn
+  }
+
+  ttl {
+    enabled        = each.value.ttl_attribute != null
+    attribute_name = each.value.ttl_attribute != null ? each.value.ttl_attribute : ""
+  }
+
+  tags = var.tags
+}
+
+resource "aws_sqs_queue" "dead_letter" {
+  name                      = "${var.name}-events-dlq"
+  message_retention_seconds = 1209600 # 14 days: time to look at what failed
+  kms_master_key_id         = aws_kms_key.this.arn
+  tags                      = var.tags
+}
+
+resource "aws_sqs_queue" "events" {
+  name                       = "${var.name}-events"
+  visibility_timeout_seconds = 60
+  message_retention_seconds  = 345600
+  receive_wait_time_seconds  = 20 # long polling
+  kms_master_key_id          = aws_kms_key.this.arn
+  redrive_policy = jsonencode({
+    deadLetterTargetArn = aws_sqs_queue.dead_letter.arn
+    maxReceiveCount     = var.max_receive_count
+  })
+  tags = var.tags
+}
+
+resource "aws_sqs_queue_redrive_allow_policy" "dead_letter" {
+  queue_url = aws_sqs_queue.dead_letter.id
+  redrive_allow_policy = jsonencode({
+    redrivePermission = "byQueue"
+    sourceQueueArns   = [aws_sqs_queue.events.arn]
+  })
+}
+
+resource "aws_secretsmanager_secret" "page_token_key" {
+  name                    = "${var.name}/page-token-hmac-key"
+  description             = "HMAC key that signs the ledger's page tokens."
+  kms_key_id              = aws_kms_key.this.arn
+  recovery_window_in_days = 30
+  tags                    = var.tags
+}
+
+# Rotation: a Lambda the platform team provides (generate a new random key, keep
+# the previous one valid for a day); its ARN is an input, nothing is invented here.
+resource "aws_secretsmanager_secret_rotation" "page_token_key" {
+  count               = var.rotation_lambda_arn == null ? 0 : 1
+  secret_id           = aws_secretsmanager_secret.page_token_key.id
+  rotation_lambda_arn = var.rotation_lambda_arn
+  rotation_rules {
+    automatically_after_days = 30
+  }
+}

@@ -1,0 +1,21 @@
+variable "name" {
+  description = "Name of the VPC and prefix of its resources."
+  type        = string
+}
+
+variable "cidr_block" {
+  description = "Address range of the VPC (the NetworkPolicies in k8s/ allow it for the NLB)."
+  type        = string
+  default     = "10.0.0.0/16"
+}
+
+variable "log_kms_key_arn" {
+  description = "KMS key that encrypts the VPC flow logs."
+  type        = string
+}
+
+variable "tags" {
+  description = "Tags for every resource."
+  type        = map(string)
+  default     = {}
+}
