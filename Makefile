@@ -10,6 +10,8 @@ BUF := tools/buf/node_modules/.bin/buf
 BUF_STAMP := tools/buf/node_modules/.installed
 DEPLOY_VENV := .venv-deploy
 DEPLOY_STAMP := $(DEPLOY_VENV)/.installed
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 IMAGE_DIR := build/proto
 BASELINE := proto/breaking-baseline.binpb
 
@@ -39,7 +41,12 @@ $(DEPLOY_STAMP): tools/deploy/requirements.txt
 	$(DEPLOY_VENV)/bin/python -m pip install --quiet -r tools/deploy/requirements.txt
 	touch $@
 
-setup: $(STAMP) $(BUF_STAMP) $(DEPLOY_STAMP)
+$(CHECKOV_STAMP): tools/deploy/checkov-requirements.txt
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r tools/deploy/checkov-requirements.txt
+	touch $@
+
+setup: $(STAMP) $(BUF_STAMP) $(DEPLOY_STAMP) $(CHECKOV_STAMP)
 
 codegen: $(STAMP)
 	$(PY) -m codegen
@@ -84,4 +91,4 @@ run: setup
 	$(PY) tools/devstack.py
 
 clean:
-	rm -rf $(VENV) $(DEPLOY_VENV) build tools/buf/node_modules .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(DEPLOY_VENV) $(CHECKOV_VENV) build tools/buf/node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -149,8 +149,9 @@ def test_services_are_behind_an_internal_nlb_and_a_headless_service(
         assert services[f"{name}-headless"]["spec"]["clusterIP"] == "None"
 
 
-def test_prod_pins_the_image_by_digest_and_dev_does_not_need_to() -> None:
-    for deployment in of_kind(objects("prod"), "Deployment"):
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_images_are_pinned_by_digest(overlay: str) -> None:
+    for deployment in of_kind(objects(overlay), "Deployment"):
         image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
         assert re.fullmatch(r".+@sha256:[0-9a-f]{64}", image), image
 

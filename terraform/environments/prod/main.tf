@@ -25,11 +25,12 @@ module "data" {
 }
 
 module "network" {
-  source          = "../../modules/network"
-  name            = local.name
-  cidr_block      = var.vpc_cidr
-  log_kms_key_arn = module.data.kms_key_arn
-  tags            = local.tags
+  source             = "../../modules/network"
+  name               = local.name
+  cidr_block         = var.vpc_cidr
+  availability_zones = var.availability_zones
+  log_kms_key_arn    = module.data.kms_key_arn
+  tags               = local.tags
 }
 
 module "eks" {

@@ -4,6 +4,12 @@ variable "region" {
   default     = "eu-west-1"
 }
 
+variable "availability_zones" {
+  description = "Three availability zones of the region."
+  type        = list(string)
+  default     = ["eu-west-1a", "eu-west-1b", "eu-west-1c"]
+}
+
 variable "environment" {
   description = "Environment name (prefix ledger-<environment>)."
   type        = string

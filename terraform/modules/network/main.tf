@@ -2,12 +2,10 @@
 # load balancers if ever public) and a private subnet per zone (nodes, pods and
 # the internal NLB), one NAT gateway per zone so a zone outage stays local.
 
-data "aws_availability_zones" "available" {
-  state = "available"
-}
-
+# Zones are named, not discovered: the network must not change shape when AWS
+# adds a zone to the region.
 locals {
-  zones = slice(data.aws_availability_zones.available.names, 0, 3)
+  zones = var.availability_zones
 }
 
 resource "aws_vpc" "this" {

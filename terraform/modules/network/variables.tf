@@ -3,6 +3,15 @@ variable "name" {
   type        = string
 }
 
+variable "availability_zones" {
+  description = "The three availability zones of the subnets."
+  type        = list(string)
+  validation {
+    condition     = length(var.availability_zones) == 3
+    error_message = "Give exactly three availability zones."
+  }
+}
+
 variable "cidr_block" {
   description = "Address range of the VPC (the NetworkPolicies in k8s/ allow it for the NLB)."
   type        = string
