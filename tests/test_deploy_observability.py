@@ -1,0 +1,131 @@
+"""Observability objects: the alerts, the dashboard, the HPA's adapter rule and the
+scrape config name series the platform really exports, and are well formed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import Any
+
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from clients.chain import ClientChain
+from clients.channel import ChannelFactory
+from grpcplatform.testing.v1 import echo_pb2 as pb
+from grpcplatform.testing.v1.echo_platform import EchoServiceClient
+from interceptors.metrics import RpcMetrics
+from tests.conftest import StartRuntime
+from tests.support import echo
+from tests.support.net import HOST, ROOT, http_get
+from tests.test_deploy_k8s import objects, of_kind
+
+OBSERVABILITY = ROOT / "k8s" / "base" / "observability"
+PROMQL_NAME = re.compile(r"\b((?:grpc|platform)_[a-z_]+)\b")
+LABELS = {"grpc_code", "grpc_method", "grpc_service", "grpc_type"}  # not series names
+
+
+def rule_expressions(docs: list[dict[str, Any]]) -> dict[str, str]:
+    (rule,) = of_kind(docs, "PrometheusRule")
+    return {
+        entry["alert"]: entry["expr"]
+        for group in rule["spec"]["groups"]
+        for entry in group["rules"]
+    }
+
+
+def dashboard_expressions() -> list[str]:
+    dashboard = json.loads((OBSERVABILITY / "grafana-dashboard.json").read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def adapter_rules() -> list[dict[str, Any]]:
+    values = yaml.safe_load(
+        (ROOT / "k8s" / "observability" / "prometheus-adapter-rules.yaml").read_text()
+    )
+    rules: list[dict[str, Any]] = values["rules"]["custom"]
+    return rules
+
+
+async def exported_series(start_runtime: StartRuntime) -> set[str]:
+    """Every series name on a real /metrics, with a client chain on the same registry."""
+    runtime = await start_runtime(echo.build)
+    chain = ClientChain(metrics=RpcMetrics(runtime.registry, "client"))
+    client = EchoServiceClient(
+        ChannelFactory(chain=chain).connect(f"127.0.0.1:{runtime.grpc_port}")
+    )
+    await client.echo(pb.EchoRequest(message="x"))
+    _, body = await asyncio.to_thread(http_get, f"http://{HOST}:{runtime.admin.port}/metrics")
+    names: set[str] = set()
+    for family in text_string_to_metric_families(body.decode()):
+        names.add(family.name)
+        names.update(sample.name for sample in family.samples)
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
+    return names
+
+
+async def test_every_series_named_is_one_the_platform_exports(start_runtime: StartRuntime) -> None:
+    exported = await exported_series(start_runtime)
+    named = set()
+    for expression in [
+        *rule_expressions(objects("prod")).values(),
+        *dashboard_expressions(),
+        *(rule["seriesQuery"] for rule in adapter_rules()),
+    ]:
+        named.update(set(PROMQL_NAME.findall(expression)) - LABELS)
+    assert named
+    assert named - exported == set(), sorted(named - exported)
+
+
+def test_alerts_cover_errors_latency_breakers_and_saturation() -> None:
+    alerts = rule_expressions(objects("prod"))
+    assert "grpc_server_handled_total" in alerts["GrpcServerErrorRateHigh"]
+    assert "Internal|Unavailable" in alerts["GrpcServerErrorRateHigh"]
+    assert "grpc_server_handling_seconds_bucket" in alerts["GrpcLatencySLOBurnRateHigh"]
+    assert "[1h]" in alerts["GrpcLatencySLOBurnRateHigh"]
+    assert "[5m]" in alerts["GrpcLatencySLOBurnRateHigh"]
+    assert "platform_client_breaker_state" in alerts["CircuitBreakerOpen"]
+    assert "platform_server_concurrency_limit" in alerts["GrpcServerSaturated"]
+
+
+def test_hpa_metric_is_the_one_the_adapter_provides() -> None:
+    provided = {rule["name"]["as"] for rule in adapter_rules()}
+    for hpa in of_kind(objects("prod"), "HorizontalPodAutoscaler"):
+        pods = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+        assert pods
+        assert set(pods) <= provided
+
+
+def test_vpa_only_recommends_and_targets_the_deployment() -> None:
+    docs = objects("prod")
+    deployments = {d["metadata"]["name"] for d in of_kind(docs, "Deployment")}
+    for vpa in of_kind(docs, "VerticalPodAutoscaler"):
+        assert vpa["apiVersion"] == "autoscaling.k8s.io/v1"
+        assert vpa["spec"]["updatePolicy"]["updateMode"] == "Off"
+        assert vpa["spec"]["targetRef"]["name"] in deployments
+
+
+def test_service_monitors_scrape_the_admin_port_of_a_service() -> None:
+    docs = objects("prod")
+    services = of_kind(docs, "Service")
+    for monitor in of_kind(docs, "ServiceMonitor"):
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        (target,) = [s for s in services if selector.items() <= s["metadata"]["labels"].items()]
+        ports = {p["name"] for p in target["spec"]["ports"]}
+        (endpoint,) = monitor["spec"]["endpoints"]
+        assert endpoint["port"] in ports
+        assert endpoint["path"] == "/metrics"
+
+
+def test_dashboard_is_a_config_map_grafana_picks_up() -> None:
+    (dashboard,) = [
+        c
+        for c in of_kind(objects("prod"), "ConfigMap")
+        if c["metadata"]["name"] == "ledger-grafana-dashboard"
+    ]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    parsed = json.loads(dashboard["data"]["ledger-grpc.json"])
+    assert parsed["uid"] == "ledger-grpc"
+    assert len(parsed["panels"]) >= 6
