@@ -223,7 +223,13 @@ class ClientChain:
         retry = self._retry_of(policy)
         while True:
             try:
-                return await self._once(rpc, policy, request, deadline_at, outbound, stats)
+                return await self._once(
+                    lambda left: rpc(request, timeout=left, metadata=outbound),
+                    policy,
+                    deadline_at,
+                    stats,
+                    1,
+                )
             except CallRejected as rejected:
                 self._rejected(stats, rejected.reason)
                 if self.fallback is not None and rejected.reason == "CIRCUIT_OPEN":
@@ -249,19 +255,19 @@ class ClientChain:
 
     async def _once(
         self,
-        rpc: grpc.aio.UnaryUnaryMultiCallable[Request, Response],
+        invoke: Callable[[float], Awaitable[Response]],
         policy: MethodPolicy,
-        request: Request,
         deadline_at: float,
-        outbound: list[tuple[str, str | bytes]],
         stats: MethodStats | None,
+        sent: int,
     ) -> Response:
-        """One admitted attempt; the outcome is recorded before any retry waits."""
+        """One admitted attempt (`invoke` gets the seconds left); the outcome is recorded,
+        and the slot freed, before any retry waits."""
         admission = await self._admit(policy, deadline_at)
-        started = self._started(stats, 1)
+        started = self._started(stats, sent)
         code = grpc.StatusCode.CANCELLED
         try:
-            response = await rpc(request, timeout=deadline_at - self.clock(), metadata=outbound)
+            response = await invoke(deadline_at - self.clock())
             code = grpc.StatusCode.OK
             return response
         except grpc.aio.AioRpcError as error:
@@ -297,24 +303,18 @@ class ClientChain:
     ) -> Response:
         stats = self._stats_of(policy)
         deadline_at = self.clock() + self.deadline(policy, timeout)
-        admission = await self._admitted(policy, deadline_at)
-        started = self._started(stats, 0)
-        code = grpc.StatusCode.CANCELLED
+        outbound = outbound_metadata(metadata)
         try:
-            response = await rpc(
-                _iterator(requests),
-                timeout=deadline_at - self.clock(),
-                metadata=outbound_metadata(metadata),
+            return await self._once(
+                lambda left: rpc(_iterator(requests), timeout=left, metadata=outbound),
+                policy,
+                deadline_at,
+                stats,
+                0,
             )
-            code = grpc.StatusCode.OK
-            return response
-        except grpc.aio.AioRpcError as error:
-            code = error.code()
+        except CallRejected as rejected:
+            self._rejected(stats, rejected.reason)
             raise
-        finally:
-            self._finished(stats, code, started, 1 if code is grpc.StatusCode.OK else 0)
-            if admission is not None:
-                admission.finish(code)
 
     def stream_stream(
         self,
