@@ -11,6 +11,7 @@ COPY pyproject.toml README.md ./
 COPY server ./server
 COPY clients ./clients
 COPY interceptors ./interceptors
+COPY durable ./durable
 COPY codegen ./codegen
 COPY services ./services
 COPY gen ./gen

@@ -30,11 +30,12 @@ from dataclasses import dataclass
 from typing import ClassVar, Generic, TypeVar
 
 import grpc
-from google.protobuf import duration_pb2
+from google.protobuf import any_pb2, duration_pb2, symbol_database
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
 Violation = TypeVar("Violation")
 
 
@@ -241,6 +242,31 @@ class ResourceExhausted(TransientError):
 class InternalError(PlatformError):
     code = grpc.StatusCode.INTERNAL
     error_code = "INTERNAL"
+
+
+class Replayed(ClientError):
+    """A permanent error recorded earlier (e.g. by an idempotency store), raised again
+    exactly as it was first answered: same code, message, reason, metadata and details."""
+
+    def __init__(self, status: status_pb2.Status) -> None:
+        info = error_details_pb2.ErrorInfo()
+        self._details: list[any_pb2.Any] = []
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                detail.Unpack(info)
+            else:
+                self._details.append(detail)
+        super().__init__(status.message, reason=info.reason, metadata=dict(info.metadata))
+        self.code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)  # type: ignore[misc]
+
+    def details(self) -> list[Message]:
+        database = symbol_database.Default()
+        unpacked: list[Message] = []
+        for detail in self._details:
+            message = database.GetSymbol(detail.TypeName())()
+            detail.Unpack(message)
+            unpacked.append(message)
+        return unpacked
 
 
 def to_status(error: PlatformError, domain: str) -> status_pb2.Status:

@@ -49,6 +49,9 @@ class Application:
     readiness_checks: Mapping[str, ReadinessCheck] = field(default_factory=dict)
     # Run after the gRPC server has drained, in order.
     on_shutdown: Sequence[Callable[[], Awaitable[None]]] = ()
+    # Background loops (queue consumers, recovery sweeps): started once the server
+    # serves, cancelled after it has drained and before `on_shutdown`.
+    workers: Mapping[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
     # The service's own chain layers, run after the platform's (see server.chain).
     interceptors: Sequence[Layer] = ()
     # ErrorInfo.domain of this service's errors, e.g. "accounts.ledger.internal".

@@ -31,6 +31,9 @@ class CallContextFilter(logging.Filter):
         return True
 
 
+QUIET_AT_DEBUG = ("botocore", "aiobotocore", "urllib3", "s3transfer")
+
+
 def configure_logging(service_name: str, level: int) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(CallContextFilter())
@@ -48,3 +51,7 @@ def configure_logging(service_name: str, level: int) -> None:
     root.setLevel(level)
     # aiohttp's access log would print one line per probe and scrape.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # botocore's DEBUG lines hold whole request and response bodies: personal data
+    # from our tables and the values of secrets. Never below INFO, whatever LOG_LEVEL.
+    for name in QUIET_AT_DEBUG:
+        logging.getLogger(name).setLevel(max(level, logging.INFO))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -87,6 +88,16 @@ class Runtime:
         health_service = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         enable_reflection([*names, health_service], self.server)
         self.grpc_port = 0
+        self.workers: list[asyncio.Task[None]] = []
+
+    @staticmethod
+    async def _supervised(name: str, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            _log.exception("worker stopped", extra={"worker": name})
 
     async def start(self) -> None:
         address = host_port(self.config.grpc_host, self.config.grpc_port)
@@ -104,6 +115,10 @@ class Runtime:
                 f"cannot listen for admin HTTP on {admin} (ADMIN_PORT): {error.strerror}"
             ) from None
         await self.health.start()
+        self.workers = [
+            asyncio.create_task(self._supervised(name, work()), name=name)
+            for name, work in self.application.workers.items()
+        ]
         _log.info(
             "serving",
             extra={
@@ -121,6 +136,9 @@ class Runtime:
         await self.health.drain()
         await asyncio.sleep(config.shutdown_delay)
         await self.server.stop(config.shutdown_grace)
+        for worker in self.workers:
+            worker.cancel()
+        await asyncio.gather(*self.workers, return_exceptions=True)
         for hook in self.application.on_shutdown:
             try:
                 await hook()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -13,6 +14,7 @@ from interceptors.retry import RetryPolicy
 from server.application import AppFactory, RuntimeContext
 from server.config import EnvReader, ServerConfig
 from server.runtime import Runtime
+from tests.support.moto import FAKE_CREDENTIALS, Moto
 from tests.support.net import HOST
 
 StartRuntime = Callable[..., Awaitable[Runtime]]
@@ -46,6 +48,16 @@ async def start_runtime() -> AsyncIterator[StartRuntime]:
     yield start
     for runtime in reversed(started):
         await runtime.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
+    """One moto for the session; each ledger gets its own tables (`Moto.ledger_env`)."""
+    os.environ.update(FAKE_CREDENTIALS)  # in-process AWS clients read them from here
+    server = Moto(tmp_path_factory.mktemp("moto") / "moto.log")
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from grpcplatform.testing.v1 import echo_pb2 as pb
 from grpcplatform.testing.v1.echo_platform import EchoServiceClient
 from ledger.v1 import accounts_pb2, money_pb2
 from ledger.v1.accounts_platform import AccountsClient
+from tests.support.moto import Moto
 from tests.support.net import running_service
 
 SECRET_OWNER = "Zebediah Quillfeather-Secret"
@@ -69,8 +70,8 @@ async def test_success_client_error_and_server_error_lines(tmp_path: Path) -> No
     assert "db-7.internal.example" in server_error["stack_trace"]  # in the log, not on the wire
 
 
-async def test_redacted_fields_never_reach_any_log_line(tmp_path: Path) -> None:
-    settings = {"LOG_LEVEL": "DEBUG", "LOG_REDACT_FIELDS": "memo", "LOG_CALLS": "ALL"}
+async def test_redacted_fields_never_reach_any_log_line(tmp_path: Path, shared_moto: Moto) -> None:
+    settings = shared_moto.ledger_env(LOG_LEVEL="DEBUG", LOG_REDACT_FIELDS="memo", LOG_CALLS="ALL")
     with running_service("accounts", tmp_path, settings) as service:
         channels = ChannelFactory()
         client = AccountsClient(channels.connect(service.target))

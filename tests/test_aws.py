@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,45 +17,14 @@ from interceptors.breaker import BreakerSettings, State
 from interceptors.errors import Unavailable
 from interceptors.retry import RetryPolicy
 from server.config import EnvReader
-from tests.support.net import BIN, HOST, free_port, poll, port_open
-
-
-class Moto:
-    def __init__(self, port: int, log: Path) -> None:
-        self.port = port
-        self.log = log
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def start(self) -> None:
-        with self.log.open("ab") as sink:
-            self.process = subprocess.Popen(
-                [str(BIN / "moto_server"), "-H", HOST, "-p", str(self.port)],
-                stdout=sink,
-                stderr=sink,
-            )
-        poll(lambda: port_open(self.port), 30, "moto to listen")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(30)
-            self.process = None
-        poll(lambda: not port_open(self.port), 10, "moto to stop")
+from tests.support.moto import FAKE_CREDENTIALS, Moto
 
 
 @pytest.fixture
 def moto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Moto]:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",  # moto accepts anything; nothing real
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
+    for name, value in FAKE_CREDENTIALS.items():
         monkeypatch.setenv(name, value)
-    server = Moto(free_port(), tmp_path / "moto.log")
+    server = Moto(tmp_path / "moto.log")
     server.start()
     yield server
     server.stop()

@@ -82,7 +82,7 @@ def test_process_exits_2_with_one_line_and_binds_nothing(name: str, value: str) 
 
 def test_taken_port_is_one_startup_line_and_nothing_left_listening() -> None:
     grpc_port, admin_port = free_port(), free_port()
-    env = service_env("accounts", grpc_port, admin_port)
+    env = service_env("tests.support.echo:build", grpc_port, admin_port)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", grpc_port))
         taken.listen()

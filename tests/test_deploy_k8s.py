@@ -22,6 +22,7 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.support.moto import Moto
 from tests.support.net import BIN, HOST, ROOT, free_port, poll, ready_status
 
 DEPLOY_BIN = ROOT / ".venv-deploy" / "bin"
@@ -200,7 +201,9 @@ def dockerfile_argv() -> list[str]:
     return [*json.loads(entrypoint.group(1)), *json.loads(command.group(1))]
 
 
-def test_the_images_entrypoint_starts_the_server_and_answers_health(tmp_path: Path) -> None:
+def test_the_images_entrypoint_starts_the_server_and_answers_health(
+    tmp_path: Path, shared_moto: Moto
+) -> None:
     argv = dockerfile_argv()
     assert argv == ["grpc-platform", "accounts"]
     config = next(
@@ -217,6 +220,8 @@ def test_the_images_entrypoint_starts_the_server_and_answers_health(tmp_path: Pa
         "ADMIN_PORT": str(admin_port),
         "PATH": str(BIN),
         "PYTHONDONTWRITEBYTECODE": "1",
+        # AWS is moto here, and empty: the service creates what Terraform would have.
+        **{k: v for k, v in shared_moto.ledger_env().items() if k != "LEDGER_NAME"},
     }
     log = (tmp_path / "entrypoint.log").open("wb")
     process = subprocess.Popen([str(BIN / argv[0]), *argv[1:]], env=env, stderr=log, cwd=tmp_path)

@@ -20,6 +20,7 @@ from grpcplatform.testing.v1.echo_platform import EchoServiceClient
 from interceptors.correlation import HEADER as CORRELATION
 from tests.conftest import StartRuntime
 from tests.support import echo
+from tests.support.moto import Moto
 from tests.support.net import BIN, ServiceProcess, running_service
 
 
@@ -151,8 +152,11 @@ async def test_errors_in_a_stream_are_mapped_too(client: EchoServiceClient) -> N
 
 
 @pytest.fixture(scope="module")
-def accounts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    with running_service("accounts", tmp_path_factory.mktemp("errors")) as service:
+def accounts(
+    tmp_path_factory: pytest.TempPathFactory, shared_moto: Moto
+) -> Iterator[ServiceProcess]:
+    logs = tmp_path_factory.mktemp("errors")
+    with running_service("accounts", logs, shared_moto.ledger_env()) as service:
         yield service
 
 

@@ -9,14 +9,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.moto import Moto
 from tests.support.net import BIN, ServiceProcess, running_service
 
 GRPCURL = str(BIN / "grpcurl")
 
 
 @pytest.fixture(scope="module")
-def accounts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    with running_service("accounts", tmp_path_factory.mktemp("grpcurl")) as service:
+def accounts(
+    tmp_path_factory: pytest.TempPathFactory, shared_moto: Moto
+) -> Iterator[ServiceProcess]:
+    logs = tmp_path_factory.mktemp("grpcurl")
+    with running_service("accounts", logs, shared_moto.ledger_env()) as service:
         yield service
 
 

@@ -29,6 +29,7 @@ def imported_modules(package: str) -> dict[str, set[str]]:
         ("server", ("services",)),
         ("clients", ("services", "server")),
         ("interceptors", ("services", "server", "clients")),
+        ("durable", ("services", "server", "clients")),
         ("codegen", ("services", "server", "clients", "interceptors")),
         ("gen", ("services", "server")),
     ],
@@ -44,7 +45,15 @@ def test_no_forbidden_imports(package: str, forbidden: tuple[str, ...]) -> None:
 def test_every_platform_module_has_a_docstring() -> None:
     missing = [
         str(path.relative_to(ROOT))
-        for package in ("server", "clients", "interceptors", "codegen", "services", "tools")
+        for package in (
+            "server",
+            "clients",
+            "interceptors",
+            "durable",
+            "codegen",
+            "services",
+            "tools",
+        )
         for path in (ROOT / package).rglob("*.py")
         if path.stat().st_size and ast.get_docstring(ast.parse(path.read_text())) is None
     ]

@@ -27,6 +27,7 @@ from ledger.v1.accounts_platform import ACCOUNTS_METHODS
 from ledger.v1.transfers_platform import TRANSFERS_METHODS
 from tests.conftest import StartRuntime
 from tests.support import echo
+from tests.support.moto import Moto
 from tests.support.net import ServiceProcess, running_service
 
 ACCEPTABLE = {
@@ -113,11 +114,14 @@ REQUEST_TYPES = {
 
 
 @pytest.fixture(scope="module")
-def ledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ServiceProcess]]:
+def ledger(
+    tmp_path_factory: pytest.TempPathFactory, shared_moto: Moto
+) -> Iterator[dict[str, ServiceProcess]]:
     logs = tmp_path_factory.mktemp("hostile")
-    with running_service("accounts", logs, {"LOG_CALLS": "NONE"}) as accounts:  # noqa: SIM117
+    env = shared_moto.ledger_env(LOG_CALLS="NONE")
+    with running_service("accounts", logs, env) as accounts:  # noqa: SIM117
         with running_service(
-            "transfers", logs, {"LOG_CALLS": "NONE", "ACCOUNTS_TARGET": accounts.target}
+            "transfers", logs, {**env, "ACCOUNTS_TARGET": accounts.target}
         ) as transfers:
             yield {"ledger.v1.Accounts": accounts, "ledger.v1.Transfers": transfers}
 
@@ -188,11 +192,12 @@ def test_undecodable_bytes_are_invalid_argument(ledger: dict[str, ServiceProcess
 
 
 async def test_one_field_violation_per_field_and_handler_not_reached(
-    start_runtime: StartRuntime, channels: ChannelFactory
+    start_runtime: StartRuntime, channels: ChannelFactory, shared_moto: Moto
 ) -> None:
     from services.accounts.app import build
 
-    runtime = await start_runtime(build)
+    env = shared_moto.ledger_env()
+    runtime = await start_runtime(build, **env)
     from ledger.v1.accounts_platform import AccountsClient
 
     client = AccountsClient(channels.connect(f"127.0.0.1:{runtime.grpc_port}"))
@@ -219,7 +224,7 @@ async def test_one_field_violation_per_field_and_handler_not_reached(
     from services.transfers.app import build as build_transfers
 
     transfers_runtime = await start_runtime(
-        build_transfers, ACCOUNTS_TARGET=f"127.0.0.1:{runtime.grpc_port}"
+        build_transfers, ACCOUNTS_TARGET=f"127.0.0.1:{runtime.grpc_port}", **env
     )
     transfers = TransfersClient(channels.connect(f"127.0.0.1:{transfers_runtime.grpc_port}"))
     with pytest.raises(grpc.aio.AioRpcError) as caught:

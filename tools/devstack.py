@@ -1,8 +1,11 @@
 """`make run`: the local stack in the foreground, on loopback, no cloud, no Docker.
 
 Starts, as separate processes: moto in server mode (the AWS emulation), the
-Accounts service and the Transfers service (each with its admin port), and
-waits until each is ready. Ctrl-C (SIGINT) or SIGTERM stops them all: each
+Accounts service and the Transfers service (each with its admin port; the
+Transfers process also runs the saga recovery loop and the events consumer
+that keeps the activity feed), and waits until each is ready. The services
+bootstrap their tables, queues and page-token key in moto (`AWS_BOOTSTRAP`).
+Ctrl-C (SIGINT) or SIGTERM stops them all: each
 child runs in its own session, so the terminal's SIGINT reaches only this
 supervisor, which sends SIGTERM to the services (they drain, see
 server.shutdown), then to moto, and SIGKILLs whatever outlives the grace.
@@ -91,6 +94,9 @@ def main() -> int:
         "AWS_REGION": "us-east-1",
         "AWS_ACCESS_KEY_ID": "local",
         "AWS_SECRET_ACCESS_KEY": "local",  # moto accepts any key; nothing real
+        # moto starts empty: the services create their tables, queues and key.
+        "AWS_BOOTSTRAP": "true",
+        "LEDGER_NAME": os.environ.get("LEDGER_NAME", "ledger-local"),
     }
 
     def service(name: str, grpc_port: int, **extra: str) -> Child:

@@ -1,14 +1,14 @@
-"""Accounts: balances in minor units, changed only by idempotent writes.
+"""Accounts: balances in minor units in DynamoDB, changed only by idempotent writes.
 
-State is in memory for now (one process, one event loop: each method's read
-and write happen with no await between them, so no update is lost). The
-ledger-on-DynamoDB issue replaces this store with conditional writes.
+Each write runs inside `durable.idempotency.Idempotency`: the request_id is
+claimed first, and the account's conditional write commits together with the
+recorded outcome in one `TransactWriteItems` (services.accounts.table). A
+repeat gets the recorded answer, including a recorded business error such as
+INSUFFICIENT_FUNDS, so it never has a second effect.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -18,191 +18,205 @@ import grpc
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from interceptors.errors import (
-    FailedPrecondition,
-    FieldViolation,
-    InvalidArgument,
-    NotFound,
-    PreconditionViolation,
-)
+from durable.idempotency import Claim, DynamoIdempotencyStore, Idempotency, Outcome
+from durable.page_tokens import PageTokens
+from interceptors.errors import FailedPrecondition, PreconditionViolation
 from ledger.v1 import accounts_pb2 as pb
 from ledger.v1 import money_pb2
 from ledger.v1.accounts_platform import AccountsServicer
-from services.idempotency import ReplayLog, RequestIdReused
+from services.accounts.table import AccountsTable
 
 DEFAULT_PAGE_SIZE = 50
+SCOPE = "ledger.v1.Accounts"
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def _timestamp(now: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(now)
-    return stamp
+def _open(account: pb.Account) -> None:
+    if account.state != pb.ACCOUNT_STATE_OPEN:
+        raise FailedPrecondition(
+            "the account is closed",
+            [PreconditionViolation("ACCOUNT_CLOSED", f"accounts/{account.account_id}", "closed")],
+            reason="ACCOUNT_CLOSED",
+        )
+
+
+def _same_currency(account: pb.Account, amount: money_pb2.Money) -> None:
+    if amount.currency_code != account.currency_code:
+        raise FailedPrecondition(
+            f"the account holds {account.currency_code}, not {amount.currency_code}",
+            [
+                PreconditionViolation(
+                    "CURRENCY_MISMATCH",
+                    f"accounts/{account.account_id}",
+                    f"account currency is {account.currency_code}",
+                )
+            ],
+            reason="CURRENCY_MISMATCH",
+            metadata={
+                "accountCurrency": account.currency_code,
+                "requestCurrency": amount.currency_code,
+            },
+        )
+
+
+def _covers(account: pb.Account, amount: money_pb2.Money) -> None:
+    balance, wanted = account.balance_minor_units, amount.minor_units
+    if balance < wanted:
+        raise FailedPrecondition(
+            f"insufficient funds: the balance is {balance}, the withdrawal {wanted}",
+            [
+                PreconditionViolation(
+                    "INSUFFICIENT_FUNDS",
+                    f"accounts/{account.account_id}",
+                    f"balance {balance} is less than amount {wanted}",
+                )
+            ],
+            reason="INSUFFICIENT_FUNDS",
+            metadata={
+                "balanceMinorUnits": str(balance),
+                "amountMinorUnits": str(wanted),
+                "currencyCode": account.currency_code,
+            },
+        )
+
+
+def _empty(account: pb.Account) -> None:
+    if account.balance_minor_units != 0:
+        raise FailedPrecondition(
+            "only an empty account can be closed",
+            [
+                PreconditionViolation(
+                    "BALANCE_NOT_ZERO",
+                    f"accounts/{account.account_id}",
+                    f"balance is {account.balance_minor_units}",
+                )
+            ],
+            reason="BALANCE_NOT_ZERO",
+        )
 
 
 class AccountsService(AccountsServicer):
-    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        table: AccountsTable,
+        records: DynamoIdempotencyStore,
+        page_tokens: PageTokens,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._table = table
+        self._records = records
+        self._idempotency = Idempotency(records)
+        self._tokens = page_tokens
         self._clock = clock
-        self._accounts: dict[str, pb.Account] = {}
-        self._order: list[str] = []
-        self._replays = ReplayLog()
 
-    def _replayed(self, method: str, request_id: str, request: Message) -> Message | None:
-        try:
-            return self._replays.recorded(method, request_id, request)
-        except RequestIdReused:
-            raise InvalidArgument(
-                "request_id was already used with a different request",
-                [FieldViolation("request_id", "already used with a different request body")],
-                reason="IDEMPOTENCY_KEY_REUSED",
-            ) from None
+    def _now(self) -> Timestamp:
+        stamp = Timestamp()
+        stamp.FromDatetime(self._clock())
+        return stamp
 
-    def _account(self, account_id: str) -> pb.Account:
-        account = self._accounts.get(account_id)
-        if account is None:
-            raise NotFound(
-                "account not found",
-                resource_type="ledger.v1.Account",
-                resource_name=f"accounts/{account_id}",
-                reason="ACCOUNT_NOT_FOUND",
-            )
-        return account
+    def _recording(
+        self, claim: Claim, respond: Callable[[pb.Account], Message]
+    ) -> Callable[[pb.Account], dict[str, Any]]:
+        """The idempotency record of the answer for an account as written."""
 
-    def _open(self, account_id: str) -> pb.Account:
-        account = self._account(account_id)
-        if account.state != pb.ACCOUNT_STATE_OPEN:
-            raise FailedPrecondition(
-                "the account is closed",
-                [PreconditionViolation("ACCOUNT_CLOSED", f"accounts/{account_id}", "closed")],
-                reason="ACCOUNT_CLOSED",
-            )
-        return account
+        def record(account: pb.Account) -> dict[str, Any]:
+            answer = respond(account).SerializeToString()
+            return self._records.completion(claim, Outcome(response=answer))
 
-    @staticmethod
-    def _check_currency(account: pb.Account, amount: money_pb2.Money) -> None:
-        if amount.currency_code != account.currency_code:
-            raise FailedPrecondition(
-                f"the account holds {account.currency_code}, not {amount.currency_code}",
-                [
-                    PreconditionViolation(
-                        "CURRENCY_MISMATCH",
-                        f"accounts/{account.account_id}",
-                        f"account currency is {account.currency_code}",
-                    )
-                ],
-                reason="CURRENCY_MISMATCH",
-                metadata={
-                    "accountCurrency": account.currency_code,
-                    "requestCurrency": amount.currency_code,
-                },
-            )
+        return record
 
     async def open_account(
         self, request: pb.OpenAccountRequest, context: Context
     ) -> pb.OpenAccountResponse:
-        replay = self._replayed("OpenAccount", request.request_id, request)
-        if isinstance(replay, pb.OpenAccountResponse):
-            return replay
-        now = _timestamp(self._clock())
-        account = pb.Account(
-            account_id=str(uuid.uuid4()),
-            owner=request.owner,
-            currency_code=request.currency_code,
-            balance_minor_units=0,
-            state=pb.ACCOUNT_STATE_OPEN,
-            create_time=now,
-            update_time=now,
+        async def effect(claim: Claim) -> pb.OpenAccountResponse:
+            now = self._now()
+            account = pb.Account(
+                account_id=str(uuid.uuid4()),
+                owner=request.owner,
+                currency_code=request.currency_code,
+                balance_minor_units=0,
+                state=pb.ACCOUNT_STATE_OPEN,
+                create_time=now,
+                update_time=now,
+            )
+            response = pb.OpenAccountResponse(account=account)
+            await self._table.create(account, self._recording(claim, lambda _: response)(account))
+            claim.committed = True
+            return response
+
+        return await self._idempotency.run(
+            f"{SCOPE}/OpenAccount", request.request_id, request, pb.OpenAccountResponse, effect
         )
-        self._accounts[account.account_id] = account
-        self._order.append(account.account_id)
-        response = pb.OpenAccountResponse(account=account)
-        return self._replays.record("OpenAccount", request.request_id, request, response)
 
     async def get_account(
         self, request: pb.GetAccountRequest, context: Context
     ) -> pb.GetAccountResponse:
-        return pb.GetAccountResponse(account=self._account(request.account_id))
+        account, _ = await self._table.get(request.account_id)
+        return pb.GetAccountResponse(account=account)
 
     async def list_accounts(
         self, request: pb.ListAccountsRequest, context: Context
     ) -> pb.ListAccountsResponse:
-        start = 0
-        if request.page_token:
-            try:
-                start = int(base64.urlsafe_b64decode(request.page_token.encode()).decode())
-            except (binascii.Error, UnicodeDecodeError, ValueError):
-                raise InvalidArgument(
-                    "invalid page_token",
-                    [FieldViolation("page_token", "not a token from a previous page")],
-                ) from None
-        size = request.page_size or DEFAULT_PAGE_SIZE
-        ids = self._order[start : start + size]
-        response = pb.ListAccountsResponse(accounts=[self._accounts[i] for i in ids])
-        if start + size < len(self._order):
-            token = base64.urlsafe_b64encode(str(start + size).encode()).decode()
-            response.next_page_token = token
+        start = self._tokens.decode(request.page_token) if request.page_token else None
+        accounts, last_key = await self._table.page(request.page_size or DEFAULT_PAGE_SIZE, start)
+        response = pb.ListAccountsResponse(accounts=accounts)
+        if last_key:
+            response.next_page_token = self._tokens.encode(last_key)
         return response
 
+    async def _change(
+        self,
+        method: str,
+        request: Any,
+        response_type: type[Any],
+        apply: Callable[[pb.Account], None],
+    ) -> Any:
+        async def effect(claim: Claim) -> Message:
+            def checked(account: pb.Account) -> None:
+                apply(account)
+                account.update_time.CopyFrom(self._now())
+
+            record = self._recording(claim, lambda account: response_type(account=account))
+            account = await self._table.change(request.account_id, checked, record, claim.token)
+            claim.committed = True
+            return response_type(account=account)  # type: ignore[no-any-return]
+
+        return await self._idempotency.run(
+            f"{SCOPE}/{method}", request.request_id, request, response_type, effect
+        )
+
     async def deposit(self, request: pb.DepositRequest, context: Context) -> pb.DepositResponse:
-        replay = self._replayed("Deposit", request.request_id, request)
-        if isinstance(replay, pb.DepositResponse):
-            return replay
-        account = self._open(request.account_id)
-        self._check_currency(account, request.amount)
-        account.balance_minor_units += request.amount.minor_units
-        account.update_time.CopyFrom(_timestamp(self._clock()))
-        response = pb.DepositResponse(account=account)
-        return self._replays.record("Deposit", request.request_id, request, response)
+        def credit(account: pb.Account) -> None:
+            _open(account)
+            _same_currency(account, request.amount)
+            account.balance_minor_units += request.amount.minor_units
+
+        response: pb.DepositResponse = await self._change(
+            "Deposit", request, pb.DepositResponse, credit
+        )
+        return response
 
     async def withdraw(self, request: pb.WithdrawRequest, context: Context) -> pb.WithdrawResponse:
-        replay = self._replayed("Withdraw", request.request_id, request)
-        if isinstance(replay, pb.WithdrawResponse):
-            return replay
-        account = self._open(request.account_id)
-        self._check_currency(account, request.amount)
-        if account.balance_minor_units < request.amount.minor_units:
-            balance, amount = account.balance_minor_units, request.amount.minor_units
-            raise FailedPrecondition(
-                f"insufficient funds: the balance is {balance}, the withdrawal {amount}",
-                [
-                    PreconditionViolation(
-                        "INSUFFICIENT_FUNDS",
-                        f"accounts/{account.account_id}",
-                        f"balance {balance} is less than amount {amount}",
-                    )
-                ],
-                reason="INSUFFICIENT_FUNDS",
-                metadata={
-                    "balanceMinorUnits": str(balance),
-                    "amountMinorUnits": str(amount),
-                    "currencyCode": account.currency_code,
-                },
-            )
-        account.balance_minor_units -= request.amount.minor_units
-        account.update_time.CopyFrom(_timestamp(self._clock()))
-        response = pb.WithdrawResponse(account=account)
-        return self._replays.record("Withdraw", request.request_id, request, response)
+        def debit(account: pb.Account) -> None:
+            _open(account)
+            _same_currency(account, request.amount)
+            _covers(account, request.amount)
+            account.balance_minor_units -= request.amount.minor_units
+
+        response: pb.WithdrawResponse = await self._change(
+            "Withdraw", request, pb.WithdrawResponse, debit
+        )
+        return response
 
     async def close_account(
         self, request: pb.CloseAccountRequest, context: Context
     ) -> pb.CloseAccountResponse:
-        replay = self._replayed("CloseAccount", request.request_id, request)
-        if isinstance(replay, pb.CloseAccountResponse):
-            return replay
-        account = self._open(request.account_id)
-        if account.balance_minor_units != 0:
-            raise FailedPrecondition(
-                "only an empty account can be closed",
-                [
-                    PreconditionViolation(
-                        "BALANCE_NOT_ZERO",
-                        f"accounts/{account.account_id}",
-                        f"balance is {account.balance_minor_units}",
-                    )
-                ],
-                reason="BALANCE_NOT_ZERO",
-            )
-        account.state = pb.ACCOUNT_STATE_CLOSED
-        account.update_time.CopyFrom(_timestamp(self._clock()))
-        response = pb.CloseAccountResponse(account=account)
-        return self._replays.record("CloseAccount", request.request_id, request, response)
+        def close(account: pb.Account) -> None:
+            _open(account)
+            _empty(account)
+            account.state = pb.ACCOUNT_STATE_CLOSED
+
+        response: pb.CloseAccountResponse = await self._change(
+            "CloseAccount", request, pb.CloseAccountResponse, close
+        )
+        return response

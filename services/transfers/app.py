@@ -1,20 +1,63 @@
 """Composition root of the Transfers service (entry point `transfers`).
 
-Settings: `ACCOUNTS_TARGET`, the gRPC target of the Accounts service
-(default `127.0.0.1:50051`; in Kubernetes `dns:///accounts-headless:50051`);
-its client policies from `CLIENT_ACCOUNTS_*` (clients.settings).
+Settings (besides services.resources'):
+- `ACCOUNTS_TARGET`: the gRPC target of the Accounts service (default
+  `127.0.0.1:50051`; in Kubernetes `dns:///accounts-headless:50051`), with
+  its client policies from `CLIENT_ACCOUNTS_*` (clients.settings);
+- `SAGA_DEADLINE_SECONDS` (30): how long a transfer may keep retrying
+  transient failures before it compensates;
+- `SAGA_LEASE_SECONDS` (10): how long a crashed process's transfers wait
+  before another process resumes them; `SAGA_RECOVERY_INTERVAL_SECONDS` (1);
+- `EVENTS_CONSUMER` (true): run the activity-feed consumer in this process;
+  `EVENTS_MAX_IN_FLIGHT` (10) messages handled at once.
 """
 
 from __future__ import annotations
 
+from durable.consumer import SqsConsumer
+from durable.events import SqsPublisher
+from durable.page_tokens import PageTokens
+from durable.saga import SagaEngine
 from ledger.v1.accounts_platform import AccountsClient
 from server.application import Application, RuntimeContext
+from services.resources import LedgerAws
+from services.transfers.activity import ActivityFeed
+from services.transfers.saga import TransferSaga
 from services.transfers.service import TransfersService
 
 
 async def build(context: RuntimeContext) -> Application:
-    target = context.env.string("ACCOUNTS_TARGET", "127.0.0.1:50051")
+    env = context.env
+    target = env.string("ACCOUNTS_TARGET", "127.0.0.1:50051")
+    saga_deadline = env.seconds("SAGA_DEADLINE_SECONDS", "30")
+    lease = env.seconds("SAGA_LEASE_SECONDS", "10")
+    recovery_interval = env.seconds("SAGA_RECOVERY_INTERVAL_SECONDS", "1")
+    consume = env.boolean("EVENTS_CONSUMER", "true")
+    in_flight = env.integer("EVENTS_MAX_IN_FLIGHT", "10", minimum=1, maximum=1000)
+    aws = LedgerAws(context)
+    # Every setting is read before the first AWS call: a bad one stops start-up first.
     accounts = AccountsClient(context.channels.connect(target, dependency="accounts"))
+    await aws.open()
+    sqs = await aws.sqs()
+    queue_url = await aws.events_queue_url()
+    engine = SagaEngine(
+        aws.dynamodb,
+        aws.names.transfers,
+        [TransferSaga(accounts)],
+        SqsPublisher(sqs, queue_url),
+        lease_seconds=lease,
+    )
+    feed = ActivityFeed(aws.dynamodb, aws.names.activity)
+    workers = {"saga-recovery": lambda: engine.recover_forever(recovery_interval)}
+    if consume:
+        consumer = SqsConsumer(
+            sqs, queue_url, feed.record, max_in_flight=in_flight, wait_seconds=aws.wait_seconds
+        )
+        workers["events-consumer"] = consumer.run_forever
     return Application(
-        servicers=[TransfersService(accounts)], error_domain="transfers.ledger.internal"
+        servicers=[TransfersService(engine, feed, PageTokens(aws.secrets.values), saga_deadline)],
+        readiness_checks=aws.readiness(),
+        workers=workers,
+        on_shutdown=[engine.close, aws.close],
+        error_domain="transfers.ledger.internal",
     )

@@ -1,148 +1,98 @@
-"""Transfers: debit the source, credit the destination, refund on failure.
+"""Transfers: each transfer is a saga (services.transfers.saga) run by the engine.
 
-Every step is a call to the Accounts service through its generated client,
-with a request_id derived from the transfer id and the step, so a repeated
-step can never move money twice. State is in memory for now: the saga that
-survives a crash (persisted after every step, resumed by a recovery loop)
-belongs to the ledger-on-DynamoDB issue.
+CreateTransfer is idempotent through the saga itself: the transfer id is
+derived from the request_id (UUIDv5), and the engine creates the saga once;
+a repeat with the same request joins the same saga (and waits for it to end
+like the first call), a repeat with a different body is
+IDEMPOTENCY_KEY_REUSED. The answer comes when the saga has ended or when
+the call's deadline is near (then PENDING: the saga goes on, and GetTransfer
+shows how it ended).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
-from clients.errors import error_info
+from durable.events import trace_context
+from durable.idempotency import digest, key_reused
+from durable.page_tokens import PageTokens
+from durable.saga import KeyReused, SagaEngine
+from interceptors.deadline import remaining_budget
 from interceptors.errors import FieldViolation, InvalidArgument, NotFound
-from ledger.v1 import accounts_pb2, transfers_pb2
-from ledger.v1.accounts_platform import AccountsClient
+from ledger.v1 import transfers_pb2 as pb
 from ledger.v1.transfers_platform import TransfersServicer
-from services.idempotency import ReplayLog, RequestIdReused
+from services.transfers.activity import ActivityFeed
+from services.transfers.saga import KIND, payload_of, transfer_of
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def step_request_id(transfer_id: str, step: str) -> str:
-    """A stable request_id (a UUID, 36 characters) for one step of one transfer."""
-    return str(uuid.uuid5(uuid.UUID(transfer_id), step))
+TRANSFER_IDS = uuid.UUID("5e0b6c8e-7d0a-4c57-9a51-2f3c1d8e9b10")
+DEFAULT_PAGE_SIZE = 50
+# Kept back from the call's deadline to read and send the answer.
+ANSWER_MARGIN_SECONDS = 0.3
 
 
 class TransfersService(TransfersServicer):
     def __init__(
         self,
-        accounts: AccountsClient,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        engine: SagaEngine,
+        feed: ActivityFeed,
+        page_tokens: PageTokens,
+        saga_deadline_seconds: float = 30.0,
     ) -> None:
-        self._accounts = accounts
-        self._clock = clock
-        self._transfers: dict[str, transfers_pb2.Transfer] = {}
-        self._replays = ReplayLog()
-
-    def _now(self) -> Timestamp:
-        stamp = Timestamp()
-        stamp.FromDatetime(self._clock())
-        return stamp
-
-    def _log_step(
-        self, transfer: transfers_pb2.Transfer, name: str, outcome: str, detail: str = ""
-    ) -> None:
-        now = self._now()
-        transfer.history.add(name=name, outcome=outcome, detail=detail, time=now)
-        transfer.update_time.CopyFrom(now)
+        self._engine = engine
+        self._feed = feed
+        self._tokens = page_tokens
+        self._saga_deadline = saga_deadline_seconds
 
     async def create_transfer(
-        self, request: transfers_pb2.CreateTransferRequest, context: Context
-    ) -> transfers_pb2.CreateTransferResponse:
+        self, request: pb.CreateTransferRequest, context: Context
+    ) -> pb.CreateTransferResponse:
+        transfer_id = str(uuid.uuid5(TRANSFER_IDS, request.request_id))
         try:
-            replay = self._replays.recorded("CreateTransfer", request.request_id, request)
-        except RequestIdReused:
-            raise InvalidArgument(
-                "request_id was already used with a different request",
-                [FieldViolation("request_id", "already used with a different request body")],
-                reason="IDEMPOTENCY_KEY_REUSED",
-            ) from None
-        if isinstance(replay, transfers_pb2.CreateTransferResponse):
-            return replay
-        transfer = transfers_pb2.Transfer(
-            transfer_id=str(uuid.uuid4()),
-            source_account_id=request.source_account_id,
-            destination_account_id=request.destination_account_id,
-            amount=request.amount,
-            state=transfers_pb2.TRANSFER_STATE_PENDING,
-            create_time=self._now(),
-        )
-        self._transfers[transfer.transfer_id] = transfer
-        await self._run(transfer)
-        response = transfers_pb2.CreateTransferResponse(transfer=transfer)
-        return self._replays.record("CreateTransfer", request.request_id, request, response)
-
-    async def _run(self, transfer: transfers_pb2.Transfer) -> None:
-        memo = f"transfer {transfer.transfer_id}"
-        try:
-            await self._accounts.withdraw(
-                accounts_pb2.WithdrawRequest(
-                    request_id=step_request_id(transfer.transfer_id, "DEBIT_SOURCE"),
-                    account_id=transfer.source_account_id,
-                    amount=transfer.amount,
-                    memo=memo,
-                )
+            await self._engine.start(
+                transfer_id,
+                KIND,
+                digest(request),
+                payload_of(request),
+                self._saga_deadline,
+                trace_context(),
             )
-        except grpc.aio.AioRpcError as error:
-            self._log_step(transfer, "DEBIT_SOURCE", "FAILED", _reason(error))
-            self._fail(transfer, error)
-            return
-        self._log_step(transfer, "DEBIT_SOURCE", "DONE")
-        try:
-            await self._accounts.deposit(
-                accounts_pb2.DepositRequest(
-                    request_id=step_request_id(transfer.transfer_id, "CREDIT_DESTINATION"),
-                    account_id=transfer.destination_account_id,
-                    amount=transfer.amount,
-                    memo=memo,
-                )
-            )
-        except grpc.aio.AioRpcError as error:
-            self._log_step(transfer, "CREDIT_DESTINATION", "FAILED", _reason(error))
-            # Stays PENDING until the refund is done: FAILED means nothing moved.
-            await self._accounts.deposit(
-                accounts_pb2.DepositRequest(
-                    request_id=step_request_id(transfer.transfer_id, "REFUND_SOURCE"),
-                    account_id=transfer.source_account_id,
-                    amount=transfer.amount,
-                    memo=f"refund of {memo}",
-                )
-            )
-            self._log_step(transfer, "REFUND_SOURCE", "DONE")
-            self._fail(transfer, error)
-            return
-        self._log_step(transfer, "CREDIT_DESTINATION", "DONE")
-        transfer.state = transfers_pb2.TRANSFER_STATE_COMPLETED
-
-    @staticmethod
-    def _fail(transfer: transfers_pb2.Transfer, error: grpc.aio.AioRpcError) -> None:
-        transfer.state = transfers_pb2.TRANSFER_STATE_FAILED
-        transfer.failure_reason = _reason(error)
+        except KeyReused:
+            raise key_reused() from None
+        budget = remaining_budget()
+        wait = (self._saga_deadline if budget is None else budget) - ANSWER_MARGIN_SECONDS
+        saga = await self._engine.run(transfer_id, wait)
+        return pb.CreateTransferResponse(transfer=transfer_of(saga))
 
     async def get_transfer(
-        self, request: transfers_pb2.GetTransferRequest, context: Context
-    ) -> transfers_pb2.GetTransferResponse:
-        transfer = self._transfers.get(request.transfer_id)
-        if transfer is None:
+        self, request: pb.GetTransferRequest, context: Context
+    ) -> pb.GetTransferResponse:
+        saga = await self._engine.get(request.transfer_id)
+        if saga is None or saga.kind != KIND:
             raise NotFound(
                 "transfer not found",
                 resource_type="ledger.v1.Transfer",
                 resource_name=f"transfers/{request.transfer_id}",
                 reason="TRANSFER_NOT_FOUND",
             )
-        return transfers_pb2.GetTransferResponse(transfer=transfer)
+        return pb.GetTransferResponse(transfer=transfer_of(saga))
 
-
-def _reason(error: grpc.aio.AioRpcError) -> str:
-    """The ErrorInfo reason of a failed step (e.g. INSUFFICIENT_FUNDS), else its code."""
-    info = error_info(error)
-    return info.reason if info is not None else error.code().name
+    async def list_account_activity(
+        self, request: pb.ListAccountActivityRequest, context: Context
+    ) -> pb.ListAccountActivityResponse:
+        start = self._tokens.decode(request.page_token) if request.page_token else None
+        if start is not None and start.get("account_id", {}).get("S") != request.account_id:
+            raise InvalidArgument(
+                "invalid page_token",
+                [FieldViolation("page_token", "belongs to another account's listing")],
+            )
+        entries, last_key = await self._feed.page(
+            request.account_id, request.page_size or DEFAULT_PAGE_SIZE, start
+        )
+        response = pb.ListAccountActivityResponse(entries=entries)
+        if last_key:
+            response.next_page_token = self._tokens.encode(last_key)
+        return response

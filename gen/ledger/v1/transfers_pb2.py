@@ -28,7 +28,7 @@ from grpcplatform.v1 import options_pb2 as grpcplatform_dot_v1_dot_options__pb2
 from ledger.v1 import money_pb2 as ledger_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19ledger/v1/transfers.proto\x12\tledger.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dgrpcplatform/v1/options.proto\x1a\x15ledger/v1/money.proto\"g\n\x0cTransferStep\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc9\x02\n\x08Transfer\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x19\n\x11source_account_id\x18\x02 \x01(\t\x12\x1e\n\x16\x64\x65stination_account_id\x18\x03 \x01(\t\x12 \n\x06\x61mount\x18\x04 \x01(\x0b\x32\x10.ledger.v1.Money\x12\'\n\x05state\x18\x05 \x01(\x0e\x32\x18.ledger.v1.TransferState\x12\x16\n\x0e\x66\x61ilure_reason\x18\x06 \x01(\t\x12(\n\x07history\x18\x07 \x03(\x0b\x32\x17.ledger.v1.TransferStep\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc3\x02\n\x15\x43reateTransferRequest\x12\'\n\nrequest_id\x18\x01 \x01(\tB\x13\xbaH\x10r\x0e\x10\x01\x18$2\x08^[!-~]+$\x12#\n\x11source_account_id\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12(\n\x16\x64\x65stination_account_id\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12(\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x10.ledger.v1.MoneyB\x06\xbaH\x03\xc8\x01\x01:\x87\x01\xbaH\x83\x01\x1a\x80\x01\n\x1atransfer.distinct_accounts\x12+source and destination accounts must differ\x1a\x35this.source_account_id != this.destination_account_id\"?\n\x16\x43reateTransferResponse\x12%\n\x08transfer\x18\x01 \x01(\x0b\x32\x13.ledger.v1.Transfer\"3\n\x12GetTransferRequest\x12\x1d\n\x0btransfer_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"<\n\x13GetTransferResponse\x12%\n\x08transfer\x18\x01 \x01(\x0b\x32\x13.ledger.v1.Transfer*\x84\x01\n\rTransferState\x12\x1e\n\x1aTRANSFER_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16TRANSFER_STATE_PENDING\x10\x01\x12\x1c\n\x18TRANSFER_STATE_COMPLETED\x10\x02\x12\x19\n\x15TRANSFER_STATE_FAILED\x10\x03\x32\xc8\x01\n\tTransfers\x12\x61\n\x0e\x43reateTransfer\x12 .ledger.v1.CreateTransferRequest\x1a!.ledger.v1.CreateTransferResponse\"\n\x90\x02\x02\xb2\xe1\x18\x03\x08\x90N\x12X\n\x0bGetTransfer\x12\x1d.ledger.v1.GetTransferRequest\x1a\x1e.ledger.v1.GetTransferResponse\"\n\x90\x02\x01\xb2\xe1\x18\x03\x08\xe8\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19ledger/v1/transfers.proto\x12\tledger.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dgrpcplatform/v1/options.proto\x1a\x15ledger/v1/money.proto\"g\n\x0cTransferStep\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc9\x02\n\x08Transfer\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x19\n\x11source_account_id\x18\x02 \x01(\t\x12\x1e\n\x16\x64\x65stination_account_id\x18\x03 \x01(\t\x12 \n\x06\x61mount\x18\x04 \x01(\x0b\x32\x10.ledger.v1.Money\x12\'\n\x05state\x18\x05 \x01(\x0e\x32\x18.ledger.v1.TransferState\x12\x16\n\x0e\x66\x61ilure_reason\x18\x06 \x01(\t\x12(\n\x07history\x18\x07 \x03(\x0b\x32\x17.ledger.v1.TransferStep\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc3\x02\n\x15\x43reateTransferRequest\x12\'\n\nrequest_id\x18\x01 \x01(\tB\x13\xbaH\x10r\x0e\x10\x01\x18$2\x08^[!-~]+$\x12#\n\x11source_account_id\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12(\n\x16\x64\x65stination_account_id\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12(\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x10.ledger.v1.MoneyB\x06\xbaH\x03\xc8\x01\x01:\x87\x01\xbaH\x83\x01\x1a\x80\x01\n\x1atransfer.distinct_accounts\x12+source and destination accounts must differ\x1a\x35this.source_account_id != this.destination_account_id\"?\n\x16\x43reateTransferResponse\x12%\n\x08transfer\x18\x01 \x01(\x0b\x32\x13.ledger.v1.Transfer\"3\n\x12GetTransferRequest\x12\x1d\n\x0btransfer_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"<\n\x13GetTransferResponse\x12%\n\x08transfer\x18\x01 \x01(\x0b\x32\x13.ledger.v1.Transfer\"\xf7\x01\n\rActivityEntry\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x13\n\x0btransfer_id\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.ledger.v1.TransferState\x12\x11\n\tdirection\x18\x04 \x01(\t\x12 \n\x06\x61mount\x18\x05 \x01(\x0b\x32\x10.ledger.v1.Money\x12\x1f\n\x17\x63ounterparty_account_id\x18\x06 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x07 \x01(\t\x12(\n\x04time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"w\n\x1aListAccountActivityRequest\x12\x1c\n\naccount_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x1d\n\tpage_size\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\"a\n\x1bListAccountActivityResponse\x12)\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x18.ledger.v1.ActivityEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x84\x01\n\rTransferState\x12\x1e\n\x1aTRANSFER_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16TRANSFER_STATE_PENDING\x10\x01\x12\x1c\n\x18TRANSFER_STATE_COMPLETED\x10\x02\x12\x19\n\x15TRANSFER_STATE_FAILED\x10\x03\x32\xba\x02\n\tTransfers\x12\x61\n\x0e\x43reateTransfer\x12 .ledger.v1.CreateTransferRequest\x1a!.ledger.v1.CreateTransferResponse\"\n\x90\x02\x02\xb2\xe1\x18\x03\x08\x90N\x12X\n\x0bGetTransfer\x12\x1d.ledger.v1.GetTransferRequest\x1a\x1e.ledger.v1.GetTransferResponse\"\n\x90\x02\x01\xb2\xe1\x18\x03\x08\xe8\x07\x12p\n\x13ListAccountActivity\x12%.ledger.v1.ListAccountActivityRequest\x1a&.ledger.v1.ListAccountActivityResponse\"\n\x90\x02\x01\xb2\xe1\x18\x03\x08\xd0\x0f\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,12 +47,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATETRANSFERREQUEST']._serialized_options = b'\272H\203\001\032\200\001\n\032transfer.distinct_accounts\022+source and destination accounts must differ\0325this.source_account_id != this.destination_account_id'
   _globals['_GETTRANSFERREQUEST'].fields_by_name['transfer_id']._loaded_options = None
   _globals['_GETTRANSFERREQUEST'].fields_by_name['transfer_id']._serialized_options = b'\272H\005r\003\260\001\001'
+  _globals['_LISTACCOUNTACTIVITYREQUEST'].fields_by_name['account_id']._loaded_options = None
+  _globals['_LISTACCOUNTACTIVITYREQUEST'].fields_by_name['account_id']._serialized_options = b'\272H\005r\003\260\001\001'
+  _globals['_LISTACCOUNTACTIVITYREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTACCOUNTACTIVITYREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\007\032\005\030\350\007(\000'
+  _globals['_LISTACCOUNTACTIVITYREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTACCOUNTACTIVITYREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\005r\003\030\200\010'
   _globals['_TRANSFERS'].methods_by_name['CreateTransfer']._loaded_options = None
   _globals['_TRANSFERS'].methods_by_name['CreateTransfer']._serialized_options = b'\220\002\002\262\341\030\003\010\220N'
   _globals['_TRANSFERS'].methods_by_name['GetTransfer']._loaded_options = None
   _globals['_TRANSFERS'].methods_by_name['GetTransfer']._serialized_options = b'\220\002\001\262\341\030\003\010\350\007'
-  _globals['_TRANSFERSTATE']._serialized_start=1100
-  _globals['_TRANSFERSTATE']._serialized_end=1232
+  _globals['_TRANSFERS'].methods_by_name['ListAccountActivity']._loaded_options = None
+  _globals['_TRANSFERS'].methods_by_name['ListAccountActivity']._serialized_options = b'\220\002\001\262\341\030\003\010\320\017'
+  _globals['_TRANSFERSTATE']._serialized_start=1570
+  _globals['_TRANSFERSTATE']._serialized_end=1702
   _globals['_TRANSFERSTEP']._serialized_start=156
   _globals['_TRANSFERSTEP']._serialized_end=259
   _globals['_TRANSFER']._serialized_start=262
@@ -65,6 +73,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETTRANSFERREQUEST']._serialized_end=1035
   _globals['_GETTRANSFERRESPONSE']._serialized_start=1037
   _globals['_GETTRANSFERRESPONSE']._serialized_end=1097
-  _globals['_TRANSFERS']._serialized_start=1235
-  _globals['_TRANSFERS']._serialized_end=1435
+  _globals['_ACTIVITYENTRY']._serialized_start=1100
+  _globals['_ACTIVITYENTRY']._serialized_end=1347
+  _globals['_LISTACCOUNTACTIVITYREQUEST']._serialized_start=1349
+  _globals['_LISTACCOUNTACTIVITYREQUEST']._serialized_end=1468
+  _globals['_LISTACCOUNTACTIVITYRESPONSE']._serialized_start=1470
+  _globals['_LISTACCOUNTACTIVITYRESPONSE']._serialized_end=1567
+  _globals['_TRANSFERS']._serialized_start=1705
+  _globals['_TRANSFERS']._serialized_end=2019
 # @@protoc_insertion_point(module_scope)

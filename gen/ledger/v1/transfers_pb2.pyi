@@ -252,3 +252,115 @@ class GetTransferResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetTransferResponse: _TypeAlias = GetTransferResponse  # noqa: Y015
+
+@_typing.final
+class ActivityEntry(_message.Message):
+    """ActivityEntry is one transfer as seen from one account."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    DIRECTION_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    COUNTERPARTY_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    FAILURE_REASON_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """Id of the event that recorded it (one per finished transfer)."""
+    transfer_id: _builtins.str
+    """The transfer."""
+    state: Global___TransferState.ValueType
+    """How it ended: COMPLETED or FAILED."""
+    direction: _builtins.str
+    """"DEBIT" for the source account, "CREDIT" for the destination."""
+    counterparty_account_id: _builtins.str
+    """The other account of the transfer."""
+    failure_reason: _builtins.str
+    """Why it failed, when FAILED."""
+    @_builtins.property
+    def amount(self) -> _money_pb2.Money:
+        """How much (moved only when COMPLETED)."""
+
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the transfer ended."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        transfer_id: _builtins.str = ...,
+        state: Global___TransferState.ValueType = ...,
+        direction: _builtins.str = ...,
+        amount: _money_pb2.Money | None = ...,
+        counterparty_account_id: _builtins.str = ...,
+        failure_reason: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "counterparty_account_id", b"counterparty_account_id", "direction", b"direction", "event_id", b"event_id", "failure_reason", b"failure_reason", "state", b"state", "time", b"time", "transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActivityEntry: _TypeAlias = ActivityEntry  # noqa: Y015
+
+@_typing.final
+class ListAccountActivityRequest(_message.Message):
+    """ListAccountActivityRequest is the request of ListAccountActivity (AIP-158 paging)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account whose activity to read."""
+    page_size: _builtins.int
+    """At most this many entries; zero means 50; above 1000 is an error."""
+    page_token: _builtins.str
+    """Opaque token from a previous response's next_page_token."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAccountActivityRequest: _TypeAlias = ListAccountActivityRequest  # noqa: Y015
+
+@_typing.final
+class ListAccountActivityResponse(_message.Message):
+    """ListAccountActivityResponse is the response of ListAccountActivity."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last page."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___ActivityEntry]:
+        """One page of entries, newest first."""
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___ActivityEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAccountActivityResponse: _TypeAlias = ListAccountActivityResponse  # noqa: Y015

@@ -47,6 +47,11 @@ class TransfersStub:
                 request_serializer=ledger_dot_v1_dot_transfers__pb2.GetTransferRequest.SerializeToString,
                 response_deserializer=ledger_dot_v1_dot_transfers__pb2.GetTransferResponse.FromString,
                 _registered_method=True)
+        self.ListAccountActivity = channel.unary_unary(
+                '/ledger.v1.Transfers/ListAccountActivity',
+                request_serializer=ledger_dot_v1_dot_transfers__pb2.ListAccountActivityRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_transfers__pb2.ListAccountActivityResponse.FromString,
+                _registered_method=True)
 
 
 class TransfersServicer:
@@ -70,6 +75,14 @@ class TransfersServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAccountActivity(self, request, context):
+        """ListAccountActivity pages through the transfers that touched an account,
+        newest first, as recorded by the consumer of the transfer events.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TransfersServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -82,6 +95,11 @@ def add_TransfersServicer_to_server(servicer, server):
                     servicer.GetTransfer,
                     request_deserializer=ledger_dot_v1_dot_transfers__pb2.GetTransferRequest.FromString,
                     response_serializer=ledger_dot_v1_dot_transfers__pb2.GetTransferResponse.SerializeToString,
+            ),
+            'ListAccountActivity': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAccountActivity,
+                    request_deserializer=ledger_dot_v1_dot_transfers__pb2.ListAccountActivityRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_transfers__pb2.ListAccountActivityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -141,6 +159,33 @@ class Transfers:
             '/ledger.v1.Transfers/GetTransfer',
             ledger_dot_v1_dot_transfers__pb2.GetTransferRequest.SerializeToString,
             ledger_dot_v1_dot_transfers__pb2.GetTransferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAccountActivity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ledger.v1.Transfers/ListAccountActivity',
+            ledger_dot_v1_dot_transfers__pb2.ListAccountActivityRequest.SerializeToString,
+            ledger_dot_v1_dot_transfers__pb2.ListAccountActivityResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,10 @@ class TransfersStub:
     """
     GetTransfer: _grpc.UnaryUnaryMultiCallable[_transfers_pb2.GetTransferRequest, _transfers_pb2.GetTransferResponse]
     """GetTransfer reads a transfer with its history."""
+    ListAccountActivity: _grpc.UnaryUnaryMultiCallable[_transfers_pb2.ListAccountActivityRequest, _transfers_pb2.ListAccountActivityResponse]
+    """ListAccountActivity pages through the transfers that touched an account,
+    newest first, as recorded by the consumer of the transfer events.
+    """
 
 @_typing.type_check_only
 class TransfersAsyncStub(TransfersStub):
@@ -57,6 +61,10 @@ class TransfersAsyncStub(TransfersStub):
     """
     GetTransfer: _aio.UnaryUnaryMultiCallable[_transfers_pb2.GetTransferRequest, _transfers_pb2.GetTransferResponse]  # type: ignore[assignment]
     """GetTransfer reads a transfer with its history."""
+    ListAccountActivity: _aio.UnaryUnaryMultiCallable[_transfers_pb2.ListAccountActivityRequest, _transfers_pb2.ListAccountActivityResponse]  # type: ignore[assignment]
+    """ListAccountActivity pages through the transfers that touched an account,
+    newest first, as recorded by the consumer of the transfer events.
+    """
 
 class TransfersServicer(metaclass=_abc_1.ABCMeta):
     """Transfers moves money between two accounts of the same currency, as a
@@ -81,5 +89,15 @@ class TransfersServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_transfers_pb2.GetTransferResponse, _abc.Awaitable[_transfers_pb2.GetTransferResponse]]:
         """GetTransfer reads a transfer with its history."""
+
+    @_abc_1.abstractmethod
+    def ListAccountActivity(
+        self,
+        request: _transfers_pb2.ListAccountActivityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_transfers_pb2.ListAccountActivityResponse, _abc.Awaitable[_transfers_pb2.ListAccountActivityResponse]]:
+        """ListAccountActivity pages through the transfers that touched an account,
+        newest first, as recorded by the consumer of the transfer events.
+        """
 
 def add_TransfersServicer_to_server(servicer: TransfersServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

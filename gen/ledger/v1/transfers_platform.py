@@ -31,6 +31,13 @@ TRANSFERS_METHODS: Mapping[str, MethodPolicy] = {
         idempotency=Idempotency.NO_SIDE_EFFECTS,
         default_deadline=1.0,
     ),
+    "ListAccountActivity": MethodPolicy(
+        service="ledger.v1.Transfers",
+        method="ListAccountActivity",
+        arity=Arity.UNARY_UNARY,
+        idempotency=Idempotency.NO_SIDE_EFFECTS,
+        default_deadline=2.0,
+    ),
 }
 
 
@@ -56,6 +63,14 @@ class TransfersServicer:
         """GetTransfer reads a transfer with its history."""
         raise NotImplementedError
 
+    async def list_account_activity(
+        self,
+        request: ledger_v1_transfers_pb2.ListAccountActivityRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> ledger_v1_transfers_pb2.ListAccountActivityResponse:
+        """ListAccountActivity pages through the transfers that touched an account, newest first, as recorded by the consumer of the transfer events."""
+        raise NotImplementedError
+
     def rpc_method_handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
         """The handlers of the methods this object overrides, by method name."""
         handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
@@ -70,6 +85,12 @@ class TransfersServicer:
                 self.get_transfer,
                 request_deserializer=ledger_v1_transfers_pb2.GetTransferRequest.FromString,
                 response_serializer=ledger_v1_transfers_pb2.GetTransferResponse.SerializeToString,
+            )
+        if type(self).list_account_activity is not TransfersServicer.list_account_activity:
+            handlers["ListAccountActivity"] = grpc.unary_unary_rpc_method_handler(
+                self.list_account_activity,
+                request_deserializer=ledger_v1_transfers_pb2.ListAccountActivityRequest.FromString,
+                response_serializer=ledger_v1_transfers_pb2.ListAccountActivityResponse.SerializeToString,
             )
         return handlers
 
@@ -96,6 +117,14 @@ class TransfersClient:
             response_deserializer=ledger_v1_transfers_pb2.GetTransferResponse.FromString,
             **_REGISTERED,
         )
+        self._list_account_activity: grpc.aio.UnaryUnaryMultiCallable[
+            ledger_v1_transfers_pb2.ListAccountActivityRequest, ledger_v1_transfers_pb2.ListAccountActivityResponse
+        ] = channel.unary_unary(
+            "/ledger.v1.Transfers/ListAccountActivity",
+            request_serializer=ledger_v1_transfers_pb2.ListAccountActivityRequest.SerializeToString,
+            response_deserializer=ledger_v1_transfers_pb2.ListAccountActivityResponse.FromString,
+            **_REGISTERED,
+        )
 
     async def create_transfer(
         self,
@@ -116,3 +145,13 @@ class TransfersClient:
     ) -> ledger_v1_transfers_pb2.GetTransferResponse:
         """GetTransfer reads a transfer with its history."""
         return await self._invoker.unary_unary(self._get_transfer, TRANSFERS_METHODS["GetTransfer"], request, timeout=timeout, metadata=metadata)
+
+    async def list_account_activity(
+        self,
+        request: ledger_v1_transfers_pb2.ListAccountActivityRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> ledger_v1_transfers_pb2.ListAccountActivityResponse:
+        """ListAccountActivity pages through the transfers that touched an account, newest first, as recorded by the consumer of the transfer events."""
+        return await self._invoker.unary_unary(self._list_account_activity, TRANSFERS_METHODS["ListAccountActivity"], request, timeout=timeout, metadata=metadata)

@@ -1,0 +1,1 @@
+"""Durable building blocks for services on AWS: idempotency, sagas, outbox, queue consumer."""

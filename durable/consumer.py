@@ -1,0 +1,175 @@
+"""An SQS consumer: long polling, bounded concurrency, visibility extension, DLQ.
+
+`SqsConsumer.run_forever()` long-polls (`WaitTimeSeconds`, 20 s by default)
+for at most as many messages as it has free slots (`max_in_flight`), and
+runs the handler of each in its own task:
+
+- while a handler works, the message's visibility timeout is extended every
+  half timeout, so a slow handler does not see its message delivered twice;
+- success deletes the message; a failure leaves it, so SQS delivers it again
+  after the visibility timeout, and after the queue's `maxReceiveCount`
+  moves it to the dead-letter queue (the redrive policy set by Terraform, or
+  by the local bootstrap). Nothing is dropped: a message is only ever deleted
+  after its handler succeeded.
+- the handler runs with the correlation id and trace context of the message
+  attributes made current, so its logs and calls join the original trace.
+- handlers must be idempotent (delivery is at least once); the reference
+  handler keys its writes by event id.
+
+Errors of SQS itself (outage, throttling) are logged and retried after a
+backoff; the loop never dies of them. Anchors: the AWS SQS developer guide
+(long polling, visibility, redrive), Spring Cloud AWS's listener container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import context as otel_context
+
+from interceptors.correlation import HEADER as CORRELATION_HEADER
+from interceptors.correlation import correlation_id_var
+from interceptors.retry import RetryPolicy
+from interceptors.tracing import PROPAGATOR
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    message_id: str
+    body: dict[str, Any]
+    attributes: dict[str, str]
+    receive_count: int
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+
+
+class SqsConsumer:
+    def __init__(
+        self,
+        sqs: Any,
+        queue_url: str,
+        handler: Handler,
+        *,
+        max_in_flight: int = 10,
+        wait_seconds: int = 20,
+        visibility_timeout: int = 30,
+        backoff: RetryPolicy | None = None,
+    ) -> None:
+        self.sqs = sqs
+        self.queue_url = queue_url
+        self.handler = handler
+        self.max_in_flight = max_in_flight
+        self.wait_seconds = wait_seconds
+        self.visibility_timeout = visibility_timeout
+        self.backoff = backoff or RetryPolicy(initial_backoff=0.2, max_backoff=5.0)
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._working: set[asyncio.Task[None]] = set()
+        self.processed = 0
+        self.failed = 0
+
+    async def run_forever(self) -> None:
+        failures = 0
+        try:
+            while True:
+                free = await self._free_slots()
+                try:
+                    answer = await self.sqs.receive_message(
+                        QueueUrl=self.queue_url,
+                        MaxNumberOfMessages=min(free, 10),
+                        WaitTimeSeconds=self.wait_seconds,
+                        VisibilityTimeout=self.visibility_timeout,
+                        MessageAttributeNames=["All"],
+                        MessageSystemAttributeNames=["ApproximateReceiveCount"],
+                    )
+                    failures = 0
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:
+                    for _ in range(free):
+                        self._slots.release()
+                    failures += 1
+                    _log.warning("receiving failed", extra={"error_type": type(error).__name__})
+                    await asyncio.sleep(self.backoff.backoff(min(failures, 8)) + 0.05)
+                    continue
+                messages = answer.get("Messages", [])
+                for _ in range(free - len(messages)):
+                    self._slots.release()
+                for message in messages:
+                    task = asyncio.create_task(self._handle(message))
+                    self._working.add(task)
+                    task.add_done_callback(self._working.discard)
+        finally:
+            for task in list(self._working):
+                task.cancel()
+            for task in list(self._working):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _free_slots(self) -> int:
+        await self._slots.acquire()
+        free = 1
+        while free < self.max_in_flight and not self._slots.locked():
+            await self._slots.acquire()
+            free += 1
+        return free
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        receipt = message["ReceiptHandle"]
+        keeper = asyncio.create_task(self._keep_invisible(receipt))
+        try:
+            delivery = Delivery(
+                message_id=message["MessageId"],
+                body=json.loads(message["Body"]),
+                attributes={
+                    name: value.get("StringValue", "")
+                    for name, value in message.get("MessageAttributes", {}).items()
+                },
+                receive_count=int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1)),
+            )
+            await self._in_context(delivery)
+            await self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=receipt)
+            self.processed += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.failed += 1
+            # Left on the queue: delivered again after the visibility timeout, and
+            # dead-lettered by the redrive policy after maxReceiveCount receives.
+            _log.exception("message handling failed", extra={"message_id": message["MessageId"]})
+        finally:
+            keeper.cancel()
+            self._slots.release()
+
+    async def _in_context(self, delivery: Delivery) -> None:
+        token = otel_context.attach(PROPAGATOR.extract(delivery.attributes))
+        correlation = correlation_id_var.set(delivery.attributes.get(CORRELATION_HEADER))
+        try:
+            await self.handler(delivery)
+        finally:
+            correlation_id_var.reset(correlation)
+            otel_context.detach(token)
+
+    async def _keep_invisible(self, receipt: str) -> None:
+        while True:
+            await asyncio.sleep(self.visibility_timeout / 2)
+            try:
+                await self.sqs.change_message_visibility(
+                    QueueUrl=self.queue_url,
+                    ReceiptHandle=receipt,
+                    VisibilityTimeout=self.visibility_timeout,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                _log.warning(
+                    "visibility extension failed", extra={"error_type": type(error).__name__}
+                )

@@ -1,0 +1,550 @@
+"""A crash-safe orchestration saga engine on DynamoDB, with a transactional outbox.
+
+A saga is a list of `Step`s, each an idempotent action with an optional
+compensation. The engine keeps each saga's state machine in one DynamoDB item
+and writes it after every step, so any process can resume any saga:
+
+- `start()` creates the item once per saga id (a conditional put); a repeat
+  with the same digest gets the existing saga, another digest `KeyReused`.
+- `run()` drives a saga in a background task and waits for it up to a time
+  limit. Only the holder of the saga's lease drives it: every write is
+  conditioned on `lease_owner` and `version`, and a process that loses the
+  lease stops. A second caller of `run()` on a saga leased elsewhere just
+  polls the item until it ends.
+- Forward: transient errors are retried (backoff, lease renewed) while the
+  saga's own deadline lasts. A permanent error (the definition's `permanent()`
+  gives its reason) compensates the steps done so far, in reverse. When the
+  deadline passes during a step that has a compensation, the step's outcome is
+  first made definite by repeating the (idempotent) action, then compensated;
+  a step without compensation (the pivot, e.g. the final credit) is retried
+  until it succeeds or fails permanently, never abandoned half-done.
+  Compensations are retried until they succeed; one that fails permanently
+  ends the saga FAILED with reason COMPENSATION_FAILED (logged at ERROR:
+  someone must look).
+- Recovery: `recover_forever()` queries a sparse GSI (`unfinished`: hash
+  `shard`, range `lease_until`) for sagas whose lease has passed, unfinished
+  or with an unpublished event, and drives them. A killed process's sagas are
+  resumed by any pod after `lease_seconds`.
+- Outbox: the write that ends a saga also stores its event in the item
+  (`outbox`), in the same conditional write. The engine then publishes it and
+  removes it; if the process dies in between, recovery finds the item still in
+  the GSI and publishes it. Delivery is at least once; consumers deduplicate
+  by event id (durable.consumer).
+
+Anchors: Garcia-Molina & Salem's sagas, the transactional outbox pattern, and
+AWS Step Functions' own leases on DynamoDB (Temporal-style "activity must be
+idempotent"). Departure: no separate outbox table; one item per saga keeps the
+state and its pending event in a single write, which DynamoDB makes atomic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from botocore.exceptions import ClientError as AwsClientError
+
+from durable.dynamo import Index, TableSpec, error_code, from_item, to_item, to_value
+from interceptors.retry import RetryPolicy
+
+RUNNING, COMPENSATING, COMPLETED, FAILED = "RUNNING", "COMPENSATING", "COMPLETED", "FAILED"
+TERMINAL = (COMPLETED, FAILED)
+UNFINISHED_INDEX = "unfinished"
+
+_log = logging.getLogger(__name__)
+
+
+def saga_table(name: str) -> TableSpec:
+    return TableSpec(
+        name,
+        "saga_id",
+        indexes=(Index(UNFINISHED_INDEX, "due_shard", "lease_until", "N"),),
+    )
+
+
+@dataclass
+class Saga:
+    saga_id: str
+    kind: str
+    payload: dict[str, Any]
+    status: str = RUNNING
+    step: int = 0
+    # COMPENSATING only: whether step `step` may or may not have taken effect.
+    uncertain: bool = False
+    failure_reason: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    context: dict[str, str] = field(default_factory=dict)
+    deadline_ms: int = 0
+    created_us: int = 0
+    updated_us: int = 0
+    version: int = 0
+    outbox: dict[str, Any] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+
+Action = Callable[[Saga], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    action: Action
+    compensation: Action | None = None
+    compensation_name: str = ""
+
+
+class SagaDefinition(Protocol):
+    kind: str
+    steps: Sequence[Step]
+
+    def permanent(self, error: BaseException) -> str | None:
+        """The reason if `error` is a permanent failure of a step; None if it may pass."""
+
+    def event(self, saga: Saga) -> dict[str, Any]:
+        """The event the saga's end publishes (a JSON-able dict with an `event_id`)."""
+
+
+class Publisher(Protocol):
+    async def publish(self, event: Mapping[str, Any], context: Mapping[str, str]) -> None: ...
+
+
+class KeyReused(Exception):
+    """The saga id exists for a different request."""
+
+
+class LeaseLost(Exception):
+    """Another process holds the saga now."""
+
+
+class _Overdue(Exception):
+    """A step's transient failures outlasted the saga's deadline."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _parse(item: Mapping[str, Any]) -> tuple[Saga, str]:
+    values = from_item(item)
+    saga = Saga(
+        saga_id=values["saga_id"],
+        kind=values["kind"],
+        payload=values["payload"],
+        status=values["status"],
+        step=values["step"],
+        uncertain=values["uncertain"],
+        failure_reason=values["failure_reason"],
+        history=values["history"],
+        context=values["context"],
+        deadline_ms=values["deadline_ms"],
+        created_us=values["created_us"],
+        updated_us=values["updated_us"],
+        version=values["version"],
+        outbox=values.get("outbox"),
+    )
+    return saga, values["digest"]
+
+
+class SagaEngine:
+    def __init__(
+        self,
+        dynamodb: Any,
+        table: str,
+        definitions: Sequence[SagaDefinition],
+        publisher: Publisher,
+        *,
+        lease_seconds: float = 10.0,
+        shards: int = 4,
+        retry: RetryPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.dynamodb = dynamodb
+        self.table = table
+        self.definitions = {definition.kind: definition for definition in definitions}
+        self.publisher = publisher
+        self.owner = str(uuid.uuid4())
+        self.lease_seconds = lease_seconds
+        self.shards = shards
+        self.retry = retry or RetryPolicy(max_attempts=1_000_000, max_backoff=2.0)
+        self._clock = clock
+        self._driving: dict[str, asyncio.Task[Saga]] = {}
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    # -- creating and reading ------------------------------------------------------
+
+    async def start(
+        self,
+        saga_id: str,
+        kind: str,
+        digest: str,
+        payload: dict[str, Any],
+        deadline_seconds: float,
+        context: Mapping[str, str],
+    ) -> Saga:
+        now_ms = self._now_ms()
+        saga = Saga(
+            saga_id,
+            kind,
+            payload,
+            context=dict(context),
+            deadline_ms=now_ms + int(deadline_seconds * 1000),
+            created_us=now_ms * 1000,
+            updated_us=now_ms * 1000,
+        )
+        item = self._item(saga)
+        item.update(
+            to_item({"digest": digest, "due_shard": self._shard(saga_id), "lease_until": 0})
+        )
+        try:
+            await self.dynamodb.put_item(
+                TableName=self.table,
+                Item=item,
+                ConditionExpression="attribute_not_exists(saga_id)",
+            )
+            return saga
+        except AwsClientError as error:
+            if error_code(error) != "ConditionalCheckFailedException":
+                raise
+        found = await self._read(saga_id)
+        if found is None or found[1] != digest:
+            raise KeyReused(saga_id)
+        return found[0]
+
+    async def get(self, saga_id: str) -> Saga | None:
+        found = await self._read(saga_id)
+        return None if found is None else found[0]
+
+    async def _read(self, saga_id: str) -> tuple[Saga, str] | None:
+        answer = await self.dynamodb.get_item(
+            TableName=self.table, Key=to_item({"saga_id": saga_id}), ConsistentRead=True
+        )
+        if "Item" not in answer:
+            return None
+        return _parse(answer["Item"])
+
+    def _shard(self, saga_id: str) -> str:
+        return str(uuid.UUID(saga_id).int % self.shards)
+
+    @staticmethod
+    def _item(saga: Saga) -> dict[str, Any]:
+        values = {
+            "saga_id": saga.saga_id,
+            "kind": saga.kind,
+            "payload": saga.payload,
+            "status": saga.status,
+            "step": saga.step,
+            "uncertain": saga.uncertain,
+            "failure_reason": saga.failure_reason,
+            "history": saga.history,
+            "context": saga.context,
+            "deadline_ms": saga.deadline_ms,
+            "created_us": saga.created_us,
+            "updated_us": saga.updated_us,
+            "version": saga.version,
+        }
+        return to_item(values)
+
+    # -- leases and writes ---------------------------------------------------------
+
+    async def _acquire(self, saga_id: str) -> Saga | None:
+        """Takes the lease if it is free (or already ours); None if someone else holds it."""
+        now_ms = self._now_ms()
+        try:
+            answer = await self.dynamodb.update_item(
+                TableName=self.table,
+                Key=to_item({"saga_id": saga_id}),
+                UpdateExpression="SET lease_owner = :me, lease_until = :until, "
+                "version = version + :one",
+                ConditionExpression="attribute_exists(due_shard) AND "
+                "(lease_until < :now OR lease_owner = :me)",
+                ExpressionAttributeValues=to_item(
+                    {
+                        ":me": self.owner,
+                        ":until": now_ms + int(self.lease_seconds * 1000),
+                        ":now": now_ms,
+                        ":one": 1,
+                    }
+                ),
+                ReturnValues="ALL_NEW",
+            )
+        except AwsClientError as error:
+            if error_code(error) == "ConditionalCheckFailedException":
+                return None
+            raise
+        return _parse(answer["Attributes"])[0]
+
+    async def _save(self, saga: Saga, *, release: bool = False) -> None:
+        """Writes the saga's state if we still hold the lease, renewing it (or ending it)."""
+        now_ms = self._now_ms()
+        values: dict[str, Any] = {
+            ":me": self.owner,
+            ":version": saga.version,
+            ":next": saga.version + 1,
+            ":status": saga.status,
+            ":step": saga.step,
+            ":uncertain": saga.uncertain,
+            ":reason": saga.failure_reason,
+            ":history": saga.history,
+            ":updated": saga.updated_us,
+        }
+        sets = [
+            "#status = :status",
+            "step = :step",
+            "uncertain = :uncertain",
+            "failure_reason = :reason",
+            "history = :history",
+            "updated_us = :updated",
+            "version = :next",
+        ]
+        removes = []
+        if saga.finished and saga.outbox is None:
+            removes = ["due_shard", "lease_until", "lease_owner"]  # leaves the unfinished index
+        else:
+            # A finished saga with its event still to publish is due for recovery at once.
+            values[":until"] = now_ms + (0 if release else int(self.lease_seconds * 1000))
+            sets.append("lease_until = :until")
+        if saga.outbox is not None:
+            values[":outbox"] = saga.outbox
+            sets.append("outbox = :outbox")
+        expression = "SET " + ", ".join(sets)
+        if removes:
+            expression += " REMOVE " + ", ".join(removes)
+        try:
+            await self.dynamodb.update_item(
+                TableName=self.table,
+                Key=to_item({"saga_id": saga.saga_id}),
+                UpdateExpression=expression,
+                ConditionExpression="lease_owner = :me AND version = :version",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues=to_item(values),
+            )
+        except AwsClientError as error:
+            if error_code(error) == "ConditionalCheckFailedException":
+                raise LeaseLost(saga.saga_id) from None
+            raise
+        saga.version += 1
+
+    async def _published(self, saga: Saga) -> None:
+        await self.dynamodb.update_item(
+            TableName=self.table,
+            Key=to_item({"saga_id": saga.saga_id}),
+            UpdateExpression="REMOVE outbox, due_shard, lease_until, lease_owner "
+            "SET version = version + :one",
+            ConditionExpression="lease_owner = :me AND version = :version",
+            ExpressionAttributeValues=to_item(
+                {":me": self.owner, ":version": saga.version, ":one": 1}
+            ),
+        )
+        saga.outbox = None
+        saga.version += 1
+
+    # -- driving -------------------------------------------------------------------
+
+    async def run(self, saga_id: str, wait_seconds: float) -> Saga:
+        """Drives the saga (in the background) and returns its state when it has ended
+        or when `wait_seconds` have passed, whichever is first."""
+        task = self._driving.get(saga_id) or self._spawn(saga_id)
+        done, _ = await asyncio.wait({task}, timeout=max(wait_seconds, 0.0))
+        if done:
+            saga = task.result()
+            if saga.finished:
+                return saga
+        # Someone else holds it (or it is still going): watch the item until it ends.
+        until = time.monotonic() + wait_seconds
+        while True:
+            current = await self.get(saga_id)
+            assert current is not None
+            if current.finished or time.monotonic() >= until:
+                return current
+            await asyncio.sleep(min(0.05, max(until - time.monotonic(), 0.0)))
+
+    def _spawn(self, saga_id: str) -> asyncio.Task[Saga]:
+        task = asyncio.create_task(self._drive(saga_id), name=f"saga-{saga_id}")
+        self._driving[saga_id] = task
+
+        def forget(_: asyncio.Task[Saga]) -> None:
+            self._driving.pop(saga_id, None)
+
+        task.add_done_callback(forget)
+        return task
+
+    async def _drive(self, saga_id: str) -> Saga:
+        saga = await self._acquire(saga_id)
+        if saga is None:
+            found = await self.get(saga_id)
+            assert found is not None
+            return found
+        definition = self.definitions[saga.kind]
+        try:
+            while not saga.finished:
+                if saga.status == RUNNING:
+                    await self._forward(definition, saga)
+                else:
+                    await self._compensate(definition, saga)
+            if saga.outbox is not None:
+                await self.publisher.publish(saga.outbox, saga.context)
+                await self._published(saga)
+        except LeaseLost:
+            _log.warning("saga lease lost", extra={"saga_id": saga_id})
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The lease runs out and recovery resumes the saga; nothing is lost.
+            _log.exception("saga paused", extra={"saga_id": saga_id})
+        return saga
+
+    def _record(self, saga: Saga, name: str, outcome: str, detail: str = "") -> None:
+        """Adds a history entry; its time is the saga's `updated_us` (a lease renewal is no
+        change), and the end event carries the time of the last entry."""
+        saga.updated_us = self._now_ms() * 1000
+        saga.history.append(
+            {"name": name, "outcome": outcome, "detail": detail, "time_us": saga.updated_us}
+        )
+
+    async def _attempt(self, saga: Saga, action: Action, definition: SagaDefinition) -> str | None:
+        """Runs `action` until it succeeds (None) or fails permanently (the reason);
+        retries transient errors while `keep_trying` holds, renewing the lease."""
+        retry_number = 0
+        while True:
+            try:
+                await action(saga)
+                return None
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                reason = definition.permanent(error)
+                if reason is not None:
+                    return reason
+                retry_number += 1
+                if not self._keep_trying(saga, definition):
+                    raise _Overdue(type(error).__name__) from error
+                await asyncio.sleep(self.retry.backoff(min(retry_number, 8)))
+                await self._save(saga)  # renews the lease
+
+    def _keep_trying(self, saga: Saga, definition: SagaDefinition) -> bool:
+        if saga.status == COMPENSATING:
+            return True  # compensations must finish
+        step = definition.steps[saga.step]
+        return step.compensation is None or self._now_ms() < saga.deadline_ms
+
+    async def _forward(self, definition: SagaDefinition, saga: Saga) -> None:
+        step = definition.steps[saga.step]
+        try:
+            reason = await self._attempt(saga, step.action, definition)
+        except _Overdue as overdue:
+            self._record(saga, step.name, "TIMED_OUT", overdue.reason)
+            self._begin_compensation(saga, "DEADLINE_EXCEEDED", uncertain=True)
+            await self._save(saga)
+            return
+        if reason is not None:
+            self._record(saga, step.name, "FAILED", reason)
+            saga.step -= 1
+            self._begin_compensation(saga, reason, uncertain=False)
+            if saga.step < 0:
+                self._finish(definition, saga, FAILED)
+            await self._save(saga)
+            return
+        self._record(saga, step.name, "DONE")
+        saga.step += 1
+        if saga.step == len(definition.steps):
+            self._finish(definition, saga, COMPLETED)
+        await self._save(saga)
+
+    def _begin_compensation(self, saga: Saga, reason: str, *, uncertain: bool) -> None:
+        saga.status = COMPENSATING
+        saga.failure_reason = reason
+        saga.uncertain = uncertain
+
+    def _finish(self, definition: SagaDefinition, saga: Saga, status: str) -> None:
+        saga.status = status
+        saga.uncertain = False
+        saga.outbox = definition.event(saga)
+
+    async def _compensate(self, definition: SagaDefinition, saga: Saga) -> None:
+        if saga.step < 0:
+            self._finish(definition, saga, FAILED)
+            await self._save(saga)
+            return
+        step = definition.steps[saga.step]
+        if saga.uncertain:
+            # Make the step's outcome definite first: its action is idempotent.
+            reason = await self._attempt(saga, step.action, definition)
+            saga.uncertain = False
+            if reason is not None:  # it never took effect: nothing to undo
+                self._record(saga, step.name, "FAILED", reason)
+                saga.step -= 1
+                await self._save(saga)
+                return
+            self._record(saga, step.name, "DONE")
+        if step.compensation is not None:
+            reason = await self._attempt(saga, step.compensation, definition)
+            if reason is not None:
+                self._record(saga, step.compensation_name, "FAILED", reason)
+                _log.error(
+                    "saga compensation failed: manual action needed",
+                    extra={"saga_id": saga.saga_id, "step": step.compensation_name},
+                )
+                saga.failure_reason = f"COMPENSATION_FAILED: {reason}"
+                self._finish(definition, saga, FAILED)
+                await self._save(saga)
+                return
+            self._record(saga, step.compensation_name, "DONE")
+        saga.step -= 1
+        if saga.step < 0:
+            self._finish(definition, saga, FAILED)
+        await self._save(saga)
+
+    # -- recovery ------------------------------------------------------------------
+
+    async def recover_once(self, limit: int = 25) -> int:
+        """Drives the sagas whose lease has passed; returns how many were taken up."""
+        now_ms = self._now_ms()
+        due: list[str] = []
+        for shard in range(self.shards):
+            answer = await self.dynamodb.query(
+                TableName=self.table,
+                IndexName=UNFINISHED_INDEX,
+                KeyConditionExpression="due_shard = :shard AND lease_until < :now",
+                ExpressionAttributeValues={
+                    ":shard": to_value(str(shard)),
+                    ":now": to_value(now_ms),
+                },
+                Limit=limit,
+            )
+            due += [from_item(item)["saga_id"] for item in answer.get("Items", [])]
+        started = [saga_id for saga_id in due if saga_id not in self._driving]
+        for saga_id in started:
+            self._spawn(saga_id)
+        return len(started)
+
+    async def recover_forever(self, interval: float = 1.0) -> None:
+        while True:
+            try:
+                await self.recover_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                _log.warning(
+                    "saga recovery sweep failed", extra={"error_type": type(error).__name__}
+                )
+            await asyncio.sleep(interval)
+
+    async def close(self) -> None:
+        """Stops driving (leases run out; another process resumes the sagas)."""
+        tasks = list(self._driving.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,152 @@
+"""The accounts table: one item per account, changed only by conditional writes.
+
+Item: `account_id` (key), `owner`, `currency_code`, `balance` (minor units),
+`state` (OPEN/CLOSED), `version`, `created_us`, `updated_us`.
+
+Every change is optimistic: read the item (consistent read), check the
+business rules against that exact version, then write the new item in a
+`TransactWriteItems` conditioned on `version` being unchanged, together with
+the idempotency record of the request. A concurrent writer makes the
+condition fail and the change is re-read and re-checked, so no update is
+lost and a balance can never go negative; the response (the account as
+written) and the recorded outcome are exact.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from botocore.exceptions import ClientError as AwsClientError
+
+from durable.dynamo import cancellation_codes, from_item, to_item
+from interceptors.errors import Aborted, NotFound
+from ledger.v1 import accounts_pb2 as pb
+
+STATES = {pb.ACCOUNT_STATE_OPEN: "OPEN", pb.ACCOUNT_STATE_CLOSED: "CLOSED"}
+STATE_OF = {name: state for state, name in STATES.items()}
+MAX_CONFLICT_RETRIES = 50
+
+
+def account_of(item: dict[str, Any]) -> tuple[pb.Account, int]:
+    values = from_item(item)
+    account = pb.Account(
+        account_id=values["account_id"],
+        owner=values["owner"],
+        currency_code=values["currency_code"],
+        balance_minor_units=values["balance"],
+        state=STATE_OF[values["state"]],
+    )
+    account.create_time.FromMicroseconds(values["created_us"])
+    account.update_time.FromMicroseconds(values["updated_us"])
+    return account, values["version"]
+
+
+def item_of(account: pb.Account, version: int) -> dict[str, Any]:
+    return to_item(
+        {
+            "account_id": account.account_id,
+            "owner": account.owner,
+            "currency_code": account.currency_code,
+            "balance": account.balance_minor_units,
+            "state": STATES[account.state],
+            "version": version,
+            "created_us": account.create_time.ToMicroseconds(),
+            "updated_us": account.update_time.ToMicroseconds(),
+        }
+    )
+
+
+def not_found(account_id: str) -> NotFound:
+    return NotFound(
+        "account not found",
+        resource_type="ledger.v1.Account",
+        resource_name=f"accounts/{account_id}",
+        reason="ACCOUNT_NOT_FOUND",
+    )
+
+
+class AccountsTable:
+    def __init__(self, dynamodb: Any, name: str) -> None:
+        self.dynamodb = dynamodb
+        self.name = name
+
+    async def get(self, account_id: str) -> tuple[pb.Account, int]:
+        found = await self.dynamodb.get_item(
+            TableName=self.name, Key=to_item({"account_id": account_id}), ConsistentRead=True
+        )
+        if "Item" not in found:
+            raise not_found(account_id)
+        return account_of(found["Item"])
+
+    async def create(self, account: pb.Account, also: dict[str, Any]) -> None:
+        """Writes a new account and `also` (the idempotency record) in one transaction."""
+        put = {
+            "Put": {
+                "TableName": self.name,
+                "Item": item_of(account, 1),
+                "ConditionExpression": "attribute_not_exists(account_id)",
+            }
+        }
+        await self._transact([put, also], token=account.account_id)
+
+    async def change(
+        self,
+        account_id: str,
+        apply: Callable[[pb.Account], None],
+        also: Callable[[pb.Account], dict[str, Any]],
+        token: str,
+    ) -> pb.Account:
+        """Applies `apply` (which checks the rules and may raise) to the current account and
+        writes the result with `also(result)` in one transaction; re-reads on conflict."""
+        for _ in range(MAX_CONFLICT_RETRIES):
+            account, version = await self.get(account_id)
+            apply(account)
+            update = {
+                "Put": {
+                    "TableName": self.name,
+                    "Item": item_of(account, version + 1),
+                    "ConditionExpression": "version = :version",
+                    "ExpressionAttributeValues": to_item({":version": version}),
+                }
+            }
+            try:
+                await self._transact(
+                    [update, also(account)], token=str(uuid.uuid5(uuid.UUID(token), str(version)))
+                )
+                return account
+            except AwsClientError as error:
+                codes = cancellation_codes(error)
+                if not codes or codes[0] != "ConditionalCheckFailed":
+                    raise
+        raise Aborted(
+            "the account is changing too often, try again",
+            reason="ACCOUNT_CONTENDED",
+            retry_after=0.1,
+        )
+
+    async def _transact(self, items: list[dict[str, Any]], token: str) -> None:
+        try:
+            await self.dynamodb.transact_write_items(TransactItems=items, ClientRequestToken=token)
+        except AwsClientError as error:
+            codes = cancellation_codes(error)
+            if len(codes) > 1 and codes[1] == "ConditionalCheckFailed":
+                # The idempotency claim is no longer ours (its lease passed and another
+                # call took it over): that call's outcome stands.
+                raise Aborted(
+                    "a call with this request_id is in progress",
+                    reason="REQUEST_IN_PROGRESS",
+                    retry_after=0.2,
+                ) from None
+            raise
+
+    async def page(
+        self, limit: int, start_key: dict[str, Any] | None
+    ) -> tuple[list[pb.Account], dict[str, Any] | None]:
+        params: dict[str, Any] = {"TableName": self.name, "Limit": limit}
+        if start_key:
+            params["ExclusiveStartKey"] = start_key
+        answer = await self.dynamodb.scan(**params)
+        accounts = [account_of(item)[0] for item in answer.get("Items", [])]
+        return accounts, answer.get("LastEvaluatedKey")

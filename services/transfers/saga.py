@@ -1,0 +1,147 @@
+"""The transfer as a saga: debit the source, then credit the destination.
+
+- DEBIT_SOURCE: Withdraw from the source; compensated by REFUND_SOURCE (a
+  Deposit back). Both carry request_ids derived from the transfer id and the
+  step, so a repeated step (retry, recovery after a crash) never moves money
+  twice.
+- CREDIT_DESTINATION: Deposit to the destination; the pivot: it has no
+  compensation, so once the debit is done a transient failure is retried
+  until the credit is made or fails permanently (closed account, currency),
+  which refunds the source.
+
+Errors whose code says a retry cannot help (FAILED_PRECONDITION, NOT_FOUND,
+INVALID_ARGUMENT, ...) are permanent, with the ErrorInfo reason as the
+saga's failure reason; the rest (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED,
+...) are retried by the engine.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from clients.errors import error_info
+from durable.saga import COMPLETED, Saga, Step
+from ledger.v1 import accounts_pb2, money_pb2, transfers_pb2
+from ledger.v1.accounts_platform import AccountsClient
+
+KIND = "ledger.v1.Transfer"
+PERMANENT_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+STATE_OF = {
+    "RUNNING": transfers_pb2.TRANSFER_STATE_PENDING,
+    "COMPENSATING": transfers_pb2.TRANSFER_STATE_PENDING,
+    "COMPLETED": transfers_pb2.TRANSFER_STATE_COMPLETED,
+    "FAILED": transfers_pb2.TRANSFER_STATE_FAILED,
+}
+
+
+def step_request_id(transfer_id: str, step: str) -> str:
+    """A stable request_id (a UUID, 36 characters) for one step of one transfer."""
+    return str(uuid.uuid5(uuid.UUID(transfer_id), step))
+
+
+def payload_of(request: transfers_pb2.CreateTransferRequest) -> dict[str, Any]:
+    return {
+        "source": request.source_account_id,
+        "destination": request.destination_account_id,
+        "currency": request.amount.currency_code,
+        "minor_units": request.amount.minor_units,
+    }
+
+
+def amount_of(saga: Saga) -> money_pb2.Money:
+    return money_pb2.Money(
+        currency_code=saga.payload["currency"], minor_units=saga.payload["minor_units"]
+    )
+
+
+def transfer_of(saga: Saga) -> transfers_pb2.Transfer:
+    transfer = transfers_pb2.Transfer(
+        transfer_id=saga.saga_id,
+        source_account_id=saga.payload["source"],
+        destination_account_id=saga.payload["destination"],
+        amount=amount_of(saga),
+        state=STATE_OF[saga.status],
+        failure_reason=saga.failure_reason if saga.finished else "",
+    )
+    for entry in saga.history:
+        step = transfer.history.add(
+            name=entry["name"], outcome=entry["outcome"], detail=entry["detail"]
+        )
+        step.time.FromMicroseconds(entry["time_us"])
+    transfer.create_time.FromMicroseconds(saga.created_us)
+    transfer.update_time.FromMicroseconds(saga.updated_us)
+    return transfer
+
+
+class TransferSaga:
+    kind = KIND
+
+    def __init__(self, accounts: AccountsClient) -> None:
+        self._accounts = accounts
+        self.steps: Sequence[Step] = (
+            Step("DEBIT_SOURCE", self._debit, self._refund, "REFUND_SOURCE"),
+            Step("CREDIT_DESTINATION", self._credit),
+        )
+
+    async def _debit(self, saga: Saga) -> None:
+        await self._accounts.withdraw(
+            accounts_pb2.WithdrawRequest(
+                request_id=step_request_id(saga.saga_id, "DEBIT_SOURCE"),
+                account_id=saga.payload["source"],
+                amount=amount_of(saga),
+                memo=f"transfer {saga.saga_id}",
+            )
+        )
+
+    async def _credit(self, saga: Saga) -> None:
+        await self._accounts.deposit(
+            accounts_pb2.DepositRequest(
+                request_id=step_request_id(saga.saga_id, "CREDIT_DESTINATION"),
+                account_id=saga.payload["destination"],
+                amount=amount_of(saga),
+                memo=f"transfer {saga.saga_id}",
+            )
+        )
+
+    async def _refund(self, saga: Saga) -> None:
+        await self._accounts.deposit(
+            accounts_pb2.DepositRequest(
+                request_id=step_request_id(saga.saga_id, "REFUND_SOURCE"),
+                account_id=saga.payload["source"],
+                amount=amount_of(saga),
+                memo=f"refund of transfer {saga.saga_id}",
+            )
+        )
+
+    def permanent(self, error: BaseException) -> str | None:
+        if isinstance(error, grpc.aio.AioRpcError) and error.code() in PERMANENT_CODES:
+            info = error_info(error)
+            return info.reason if info is not None else error.code().name
+        return None
+
+    def event(self, saga: Saga) -> dict[str, Any]:
+        completed = saga.status == COMPLETED
+        return {
+            "event_id": saga.saga_id,
+            "type": "ledger.v1.TransferCompleted" if completed else "ledger.v1.TransferFailed",
+            "transfer_id": saga.saga_id,
+            "state": saga.status,
+            "failure_reason": "" if completed else saga.failure_reason,
+            "time_us": saga.updated_us,
+            **saga.payload,
+        }

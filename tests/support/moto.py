@@ -1,0 +1,55 @@
+"""moto in server mode on loopback: a real HTTP endpoint speaking the AWS protocols."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from pathlib import Path
+
+from tests.support.net import BIN, HOST, free_port, poll, port_open
+
+# moto accepts any credentials; these are not real and reach nothing real.
+FAKE_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "test",
+    "AWS_SECRET_ACCESS_KEY": "test",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+class Moto:
+    def __init__(self, log: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def start(self) -> None:
+        with self.log.open("ab") as sink:
+            self.process = subprocess.Popen(
+                [str(BIN / "moto_server"), "-H", HOST, "-p", str(self.port)],
+                stdout=sink,
+                stderr=sink,
+            )
+        poll(lambda: port_open(self.port), 30, "moto to listen")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(30)
+            self.process = None
+        poll(lambda: not port_open(self.port), 10, "moto to stop")
+
+    def ledger_env(self, **extra: str) -> dict[str, str]:
+        """Settings for a ledger service on this moto, in tables of its own."""
+        return {
+            **FAKE_CREDENTIALS,
+            "AWS_ENDPOINT_URL": self.url,
+            "AWS_REGION": "us-east-1",
+            "AWS_BOOTSTRAP": "true",
+            "LEDGER_NAME": f"test-{uuid.uuid4().hex[:12]}",
+            "EVENTS_WAIT_SECONDS": "1",
+            **extra,
+        }
