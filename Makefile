@@ -24,7 +24,7 @@ help:
 	@echo "make run      set up and start the local stack (moto + accounts + transfers)"
 	@echo "make test     set up and run every test (lint, types, contracts, codegen drift, pytest)"
 	@echo "make codegen  regenerate gen/ from proto/"
-	@echo "make bench    measure the server and client chains against bare grpc.aio"
+	@echo "make bench    measure the chains against bare grpc.aio, and the ledger's transfers/s"
 
 $(STAMP): pyproject.toml $(wildcard gen/*/__init__.py)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -86,6 +86,7 @@ bench-tools:
 bench: setup bench-tools
 	$(PY) -m bench.server_bench
 	$(PY) -m bench.client_bench
+	$(PY) -m bench.ledger_bench
 
 run: setup
 	$(PY) tools/devstack.py

@@ -60,12 +60,14 @@ class CallRejected(grpc.aio.AioRpcError):
 class Admission:
     dependency: Dependency
     breakers: tuple[CircuitBreaker, ...]
+    # Half the method's contract deadline: slower than that is slow for this method.
+    slow_after: float = 0.0
     started: float = field(default_factory=time.perf_counter)
 
     def finish(self, code: grpc.StatusCode) -> None:
         elapsed = time.perf_counter() - self.started
         for breaker in self.breakers:
-            breaker.record(code, elapsed)
+            breaker.record(code, elapsed, self.slow_after)
         if self.dependency.bulkhead is not None:
             self.dependency.bulkhead.release()
 
@@ -129,7 +131,7 @@ class Dependency:
                     metadata={"target": self.target},
                 )
             )
-        return Admission(self, breakers)
+        return Admission(self, breakers, policy.default_deadline / 2)
 
     def _open_circuit(self, breaker: CircuitBreaker, policy: MethodPolicy) -> CallRejected:
         cached = self._rejections.get(breaker.name)

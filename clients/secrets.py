@@ -43,6 +43,9 @@ class SecretCache:
             raise SecretUnavailable(
                 f"cannot read secret {self.secret_id!r}: {type(error).__name__}"
             ) from None
+        await self.start_refreshing()
+
+    async def start_refreshing(self) -> None:
         self._refresher = asyncio.create_task(self._refresh_forever(), name="secret-refresh")
 
     async def refresh(self) -> None:

@@ -284,7 +284,7 @@ class SagaEngine:
             raise
         return _parse(answer["Attributes"])[0]
 
-    async def _save(self, saga: Saga, *, release: bool = False) -> None:
+    async def _save(self, saga: Saga) -> None:
         """Writes the saga's state if we still hold the lease, renewing it (or ending it)."""
         now_ms = self._now_ms()
         values: dict[str, Any] = {
@@ -311,8 +311,9 @@ class SagaEngine:
         if saga.finished and saga.outbox is None:
             removes = ["due_shard", "lease_until", "lease_owner"]  # leaves the unfinished index
         else:
-            # A finished saga with its event still to publish is due for recovery at once.
-            values[":until"] = now_ms + (0 if release else int(self.lease_seconds * 1000))
+            # Renewed; a finished saga whose event is not yet published stays in the
+            # index, so recovery publishes it if this process dies before it does.
+            values[":until"] = now_ms + int(self.lease_seconds * 1000)
             sets.append("lease_until = :until")
         if saga.outbox is not None:
             values[":outbox"] = saga.outbox
@@ -401,7 +402,7 @@ class SagaEngine:
             raise
         except Exception:
             # The lease runs out and recovery resumes the saga; nothing is lost.
-            _log.exception("saga paused", extra={"saga_id": saga_id})
+            _log.warning("saga paused until recovery", extra={"saga_id": saga_id}, exc_info=True)
         return saga
 
     def _record(self, saga: Saga, name: str, outcome: str, detail: str = "") -> None:

@@ -13,6 +13,10 @@ resets), one fails and it opens again.
 Only the server's failures count (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL,
 UNKNOWN, RESOURCE_EXHAUSTED); a client error proves the server answered and
 counts as a success. State changes go to `on_change` (logs, metrics).
+Departure: a call is only slow past `slow_call_seconds` *or* half its
+method's contract deadline, whichever is longer (the client chain passes it):
+a saga method allowed 10 s is not slow at 1.2 s, and must not open the
+breaker of its whole target.
 Pure logic with an injected clock: the chain (clients.chain) decides what a
 rejected call looks like on the wire (UNAVAILABLE, reason CIRCUIT_OPEN).
 """
@@ -112,9 +116,10 @@ class CircuitBreaker:
         if self.state is State.HALF_OPEN and self._probes_started > 0:
             self._probes_started -= 1
 
-    def record(self, code: grpc.StatusCode, seconds: float) -> None:
+    def record(self, code: grpc.StatusCode, seconds: float, slow_after: float = 0.0) -> None:
+        """`slow_after`: the caller's own slow-call threshold when longer than the setting."""
         failed = code in FAILURES
-        slow = seconds >= self.settings.slow_call_seconds
+        slow = seconds >= max(self.settings.slow_call_seconds, slow_after)
         if self.state is State.HALF_OPEN:
             if failed or slow:
                 self._open(grow=True)

@@ -10,6 +10,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from clients.chain import ClientChain
 from clients.channel import ChannelFactory
+from clients.resilience import Resilience
 from interceptors.retry import RetryPolicy
 from server.application import AppFactory, RuntimeContext
 from server.config import EnvReader, ServerConfig
@@ -69,7 +70,9 @@ async def channels() -> AsyncIterator[ChannelFactory]:
 
 @pytest.fixture
 async def single_attempt_channels() -> AsyncIterator[ChannelFactory]:
-    """Channels whose calls are never retried: to see a server's own answers."""
-    factory = ChannelFactory(chain=ClientChain(retry=RetryPolicy(max_attempts=1)))
+    """Channels whose calls are never retried nor refused by a client breaker: to see a
+    server's own answers."""
+    chain = ClientChain(retry=RetryPolicy(max_attempts=1), resilience=Resilience(breaker=None))
+    factory = ChannelFactory(chain=chain)
     yield factory
     await factory.close()

@@ -260,6 +260,18 @@ def test_slow_calls_open_the_breaker() -> None:
     assert breaker.state is State.OPEN  # 4 of 5 slow
 
 
+def test_a_method_allowed_longer_is_slow_only_past_half_its_deadline() -> None:
+    settings = BreakerSettings(minimum_calls=5, slow_call_seconds=0.5, slow_call_rate=0.8)
+    breaker = CircuitBreaker("b", settings, clock=Clock())
+    for _ in range(5):
+        breaker.record(OK, 0.9, slow_after=1.0)  # a saga with a 2 s contract deadline
+    assert breaker.state is State.CLOSED
+    breaker = CircuitBreaker("b", settings, clock=Clock())
+    for _ in range(5):
+        breaker.record(OK, 1.1, slow_after=1.0)
+    assert breaker.state is State.OPEN
+
+
 def test_open_time_grows_and_is_capped_then_resets() -> None:
     clock = Clock()
     settings = BreakerSettings(

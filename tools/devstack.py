@@ -112,7 +112,8 @@ def main() -> int:
         }
         return Child(name, [str(BIN / "python"), "-m", "server"], env)
 
-    moto = Child("moto", [str(BIN / "moto_server"), "-H", HOST, "-p", str(moto_port)])
+    emulator = str(Path(__file__).resolve().parent / "moto_server.py")
+    moto = Child("moto", [str(BIN / "python"), emulator, "-H", HOST, "-p", str(moto_port)])
     accounts = service("accounts", base)
     transfers = service("transfers", base + 2, ACCOUNTS_TARGET=f"{HOST}:{base}")
     children = [moto, accounts, transfers]

@@ -9,7 +9,9 @@ Settings (besides services.resources'):
 - `SAGA_LEASE_SECONDS` (10): how long a crashed process's transfers wait
   before another process resumes them; `SAGA_RECOVERY_INTERVAL_SECONDS` (1);
 - `EVENTS_CONSUMER` (true): run the activity-feed consumer in this process;
-  `EVENTS_MAX_IN_FLIGHT` (10) messages handled at once.
+  `EVENTS_MAX_IN_FLIGHT` (10) messages handled at once;
+  `EVENTS_VISIBILITY_TIMEOUT_SECONDS` (30): how long a received message stays
+  hidden (extended while it is handled) before another consumer may get it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ async def build(context: RuntimeContext) -> Application:
     recovery_interval = env.seconds("SAGA_RECOVERY_INTERVAL_SECONDS", "1")
     consume = env.boolean("EVENTS_CONSUMER", "true")
     in_flight = env.integer("EVENTS_MAX_IN_FLIGHT", "10", minimum=1, maximum=1000)
+    visibility = env.integer("EVENTS_VISIBILITY_TIMEOUT_SECONDS", "30", minimum=1, maximum=43200)
     aws = LedgerAws(context)
     # Every setting is read before the first AWS call: a bad one stops start-up first.
     accounts = AccountsClient(context.channels.connect(target, dependency="accounts"))
@@ -51,7 +54,12 @@ async def build(context: RuntimeContext) -> Application:
     workers = {"saga-recovery": lambda: engine.recover_forever(recovery_interval)}
     if consume:
         consumer = SqsConsumer(
-            sqs, queue_url, feed.record, max_in_flight=in_flight, wait_seconds=aws.wait_seconds
+            sqs,
+            queue_url,
+            feed.record,
+            max_in_flight=in_flight,
+            wait_seconds=aws.wait_seconds,
+            visibility_timeout=visibility,
         )
         workers["events-consumer"] = consumer.run_forever
     return Application(

@@ -6,7 +6,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from tests.support.net import BIN, HOST, free_port, poll, port_open
+from tests.support.net import HOST, PYTHON, ROOT, free_port, poll, port_open
 
 # moto accepts any credentials; these are not real and reach nothing real.
 FAKE_CREDENTIALS = {
@@ -29,7 +29,7 @@ class Moto:
     def start(self) -> None:
         with self.log.open("ab") as sink:
             self.process = subprocess.Popen(
-                [str(BIN / "moto_server"), "-H", HOST, "-p", str(self.port)],
+                [PYTHON, str(ROOT / "tools" / "moto_server.py"), "-H", HOST, "-p", str(self.port)],
                 stdout=sink,
                 stderr=sink,
             )

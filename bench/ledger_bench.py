@@ -1,0 +1,165 @@
+"""`make bench`, ledger: transfers per second end to end against moto, and whose CPU it is.
+
+Starts moto (tools/moto_server.py), Accounts and Transfers as separate
+processes on loopback, opens ACCOUNTS accounts with large balances, then runs
+TRANSFERS CreateTransfer calls, CONCURRENCY at a time, from this process.
+Each process's CPU time (user + system) over the transfer phase is read with
+psutil, so the report says how much of the end-to-end CPU per transfer is the
+platform and the services (Accounts + Transfers, including the saga engine,
+the outbox publisher and the events consumer) and how much is moto, the AWS
+emulation, which stands in for DynamoDB and SQS. The load generator's own CPU
+is reported apart. Target (issue 5): ours under 30% of the end-to-end CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import psutil
+
+from bench.server_bench import OUT, machine
+from clients.channel import ChannelFactory
+from ledger.v1 import accounts_pb2, money_pb2, transfers_pb2
+from ledger.v1.accounts_platform import AccountsClient
+from ledger.v1.transfers_platform import TransfersClient
+from tests.support.moto import Moto
+from tests.support.net import PYTHON, ROOT, free_port, poll, ready_status, service_env
+
+ACCOUNTS = int(os.environ.get("BENCH_LEDGER_ACCOUNTS", "20"))
+TRANSFERS = int(os.environ.get("BENCH_LEDGER_TRANSFERS", "400"))
+CONCURRENCY = int(os.environ.get("BENCH_LEDGER_CONCURRENCY", "16"))
+
+
+@contextmanager
+def service(name: str, env: dict[str, str], log: Path) -> Iterator[tuple[psutil.Process, str]]:
+    grpc_port, admin_port = free_port(), free_port()
+    with log.open("ab") as sink:
+        process = subprocess.Popen(
+            [PYTHON, "-m", "server"],
+            cwd=ROOT,
+            env=service_env(name, grpc_port, admin_port, **env),
+            stderr=sink,
+        )
+    try:
+        poll(lambda: (ready_status(admin_port) or (0,))[0] == 200, 60, f"{name} ready")
+        yield psutil.Process(process.pid), f"127.0.0.1:{grpc_port}"
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+def eur(minor_units: int) -> money_pb2.Money:
+    return money_pb2.Money(currency_code="EUR", minor_units=minor_units)
+
+
+async def drive(accounts_target: str, transfers_target: str) -> tuple[float, dict[str, int]]:
+    channels = ChannelFactory()
+    accounts = AccountsClient(channels.connect(accounts_target))
+    transfers = TransfersClient(channels.connect(transfers_target))
+    ids = []
+    for n in range(ACCOUNTS):
+        opened = await accounts.open_account(
+            accounts_pb2.OpenAccountRequest(
+                request_id=str(uuid.uuid4()), owner=f"bench {n}", currency_code="EUR"
+            )
+        )
+        ids.append(opened.account.account_id)
+        await accounts.deposit(
+            accounts_pb2.DepositRequest(
+                request_id=str(uuid.uuid4()), account_id=ids[-1], amount=eur(10**12)
+            )
+        )
+    queue = asyncio.Queue[transfers_pb2.CreateTransferRequest]()
+    for n in range(TRANSFERS):
+        queue.put_nowait(
+            transfers_pb2.CreateTransferRequest(
+                request_id=str(uuid.uuid4()),
+                source_account_id=ids[n % ACCOUNTS],
+                destination_account_id=ids[(n * 7 + 1) % ACCOUNTS],
+                amount=eur(1 + n % 100),
+            )
+        )
+    states: dict[str, int] = {}
+
+    async def worker() -> None:
+        while not queue.empty():
+            request = queue.get_nowait()
+            answer = await transfers.create_transfer(request, timeout=30)
+            name = transfers_pb2.TransferState.Name(answer.transfer.state)
+            states[name] = states.get(name, 0) + 1
+
+    started = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    elapsed = time.monotonic() - started
+    await channels.close()
+    return elapsed, states
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    logs = OUT / "ledger-logs"
+    logs.mkdir(exist_ok=True)
+    moto = Moto(logs / "moto.log")
+    moto.start()
+    assert moto.process is not None
+    env = moto.ledger_env(LOG_LEVEL="WARNING")
+    try:
+        with ExitStack() as stack:
+            accounts, accounts_target = stack.enter_context(
+                service("accounts", env, logs / "accounts.log")
+            )
+            transfers, transfers_target = stack.enter_context(
+                service("transfers", {**env, "ACCOUNTS_TARGET": accounts_target}, logs / "t.log")
+            )
+            emulator = psutil.Process(moto.process.pid)
+            processes = {"moto": emulator, "accounts": accounts, "transfers": transfers}
+            before = {name: cpu_seconds(p) for name, p in processes.items()}
+            client_before = time.process_time()
+            elapsed, states = asyncio.run(drive(accounts_target, transfers_target))
+            client_cpu = time.process_time() - client_before
+            # The consumer finishes the activity feed just after the last answer.
+            time.sleep(2)
+            used = {name: cpu_seconds(p) - before[name] for name, p in processes.items()}
+    finally:
+        moto.stop()
+    total = sum(used.values())
+    ours = used["accounts"] + used["transfers"]
+    # Setup (opening accounts) is inside the window too; it is ACCOUNTS * 2 calls.
+    per_transfer_ms = {name: round(1000 * cpu / TRANSFERS, 2) for name, cpu in used.items()}
+    share = ours / total
+    result: dict[str, object] = {
+        "machine": machine(),
+        "transfers": TRANSFERS,
+        "accounts": ACCOUNTS,
+        "concurrency": CONCURRENCY,
+        "states": states,
+        "transfers_per_second": round(TRANSFERS / elapsed, 1),
+        "cpu_ms_per_transfer": per_transfer_ms,
+        "load_generator_cpu_ms_per_transfer": round(1000 * client_cpu / TRANSFERS, 2),
+        "our_share_of_cpu": round(share, 3),
+    }
+    (OUT / "ledger.json").write_text(json.dumps(result, indent=2))
+    print(
+        f"ledger: {result['transfers_per_second']} transfers/s "
+        f"({TRANSFERS} transfers, {CONCURRENCY} at a time, {ACCOUNTS} accounts); "
+        f"CPU ms per transfer: {per_transfer_ms}; "
+        f"ours (accounts + transfers) {100 * share:.0f}% of the total "
+        "(target < 30%)"
+    )
+
+
+if __name__ == "__main__":
+    main()

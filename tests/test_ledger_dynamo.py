@@ -1,0 +1,247 @@
+"""The ledger on DynamoDB (moto in server mode) through its generated clients."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import uuid
+from collections.abc import Awaitable, Callable
+
+import grpc
+import pytest
+
+from clients.channel import ChannelFactory
+from clients.errors import details_of, error_info
+from ledger.v1 import accounts_pb2, money_pb2, transfers_pb2
+from ledger.v1.accounts_platform import AccountsClient
+from ledger.v1.transfers_platform import TransfersClient
+from services.accounts.app import build as build_accounts
+from services.transfers.app import build as build_transfers
+from tests.conftest import StartRuntime
+from tests.support.moto import Moto
+
+
+def eur(minor_units: int) -> money_pb2.Money:
+    return money_pb2.Money(currency_code="EUR", minor_units=minor_units)
+
+
+def rid() -> str:
+    return str(uuid.uuid4())
+
+
+class Ledger:
+    def __init__(self, accounts: AccountsClient, transfers: TransfersClient) -> None:
+        self.accounts = accounts
+        self.transfers = transfers
+
+    async def open(self, balance: int = 0) -> str:
+        opened = await self.accounts.open_account(
+            accounts_pb2.OpenAccountRequest(request_id=rid(), owner="Ada", currency_code="EUR")
+        )
+        if balance:
+            await self.deposit(opened.account.account_id, balance)
+        return opened.account.account_id
+
+    async def deposit(self, account_id: str, amount: int, request_id: str = "") -> None:
+        await self.accounts.deposit(
+            accounts_pb2.DepositRequest(
+                request_id=request_id or rid(), account_id=account_id, amount=eur(amount)
+            )
+        )
+
+    async def balance(self, account_id: str) -> int:
+        got = await self.accounts.get_account(accounts_pb2.GetAccountRequest(account_id=account_id))
+        return got.account.balance_minor_units
+
+    def transfer_request(
+        self, source: str, destination: str, amount: int, request_id: str = ""
+    ) -> transfers_pb2.CreateTransferRequest:
+        return transfers_pb2.CreateTransferRequest(
+            request_id=request_id or rid(),
+            source_account_id=source,
+            destination_account_id=destination,
+            amount=eur(amount),
+        )
+
+
+@pytest.fixture
+async def ledger(
+    start_runtime: StartRuntime, single_attempt_channels: ChannelFactory, shared_moto: Moto
+) -> Ledger:
+    env = shared_moto.ledger_env()
+    accounts = await start_runtime(build_accounts, **env)
+    target = f"127.0.0.1:{accounts.grpc_port}"
+    transfers = await start_runtime(build_transfers, ACCOUNTS_TARGET=target, **env)
+    return Ledger(
+        AccountsClient(single_attempt_channels.connect(target)),
+        TransfersClient(single_attempt_channels.connect(f"127.0.0.1:{transfers.grpc_port}")),
+    )
+
+
+async def failure(call: Awaitable[object]) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value
+
+
+async def test_withdrawing_more_than_the_balance_changes_nothing(ledger: Ledger) -> None:
+    account = await ledger.open(balance=30)
+    withdraw = accounts_pb2.WithdrawRequest(request_id=rid(), account_id=account, amount=eur(50))
+    error = await failure(ledger.accounts.withdraw(withdraw))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info = error_info(error)
+    assert info is not None
+    assert info.reason == "INSUFFICIENT_FUNDS"
+    assert info.domain == "accounts.ledger.internal"
+    assert info.metadata["balanceMinorUnits"] == "30"
+    assert info.metadata["amountMinorUnits"] == "50"
+    assert await ledger.balance(account) == 30
+    # The outcome is recorded: the same request gets the same answer, even once it could pass.
+    await ledger.deposit(account, 100)
+    again = await failure(ledger.accounts.withdraw(withdraw))
+    assert again.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert details_of(again) == details_of(error)
+    assert await ledger.balance(account) == 130
+
+
+async def test_a_request_id_reused_with_another_body_is_refused(ledger: Ledger) -> None:
+    source, destination = await ledger.open(balance=100), await ledger.open()
+    request_id = rid()
+    await ledger.deposit(source, 5, request_id)
+    reused = await failure(ledger.deposit(source, 6, request_id))
+    transfer = ledger.transfer_request(source, destination, 10)
+    await ledger.transfers.create_transfer(transfer)
+    transfer.amount.minor_units = 11
+    reused_transfer = await failure(ledger.transfers.create_transfer(transfer))
+    for error in (reused, reused_transfer):
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        info = error_info(error)
+        assert info is not None
+        assert info.reason == "IDEMPOTENCY_KEY_REUSED"
+    assert await ledger.balance(source) == 95
+
+
+async def test_twenty_concurrent_duplicates_of_a_transfer_have_one_effect(ledger: Ledger) -> None:
+    source, destination = await ledger.open(balance=100), await ledger.open()
+    request = ledger.transfer_request(source, destination, 40)
+    answers = await asyncio.gather(*(ledger.transfers.create_transfer(request) for _ in range(20)))
+    assert len({answer.SerializeToString(deterministic=True) for answer in answers}) == 1
+    assert answers[0].transfer.state == transfers_pb2.TRANSFER_STATE_COMPLETED
+    assert [step.name for step in answers[0].transfer.history] == [
+        "DEBIT_SOURCE",
+        "CREDIT_DESTINATION",
+    ]
+    assert (await ledger.balance(source), await ledger.balance(destination)) == (60, 40)
+
+
+async def test_concurrent_writers_lose_no_update(ledger: Ledger) -> None:
+    account = await ledger.open(balance=100)
+    withdraws = [
+        accounts_pb2.WithdrawRequest(request_id=rid(), account_id=account, amount=eur(30))
+        for _ in range(6)
+    ]
+    duplicate = accounts_pb2.WithdrawRequest(request_id=rid(), account_id=account, amount=eur(1))
+
+    async def attempt(call: Callable[[], Awaitable[object]]) -> str:
+        try:
+            await call()
+            return "OK"
+        except grpc.aio.AioRpcError as error:
+            info = error_info(error)
+            return info.reason if info is not None else error.code().name
+
+    outcomes = await asyncio.gather(
+        *(attempt(functools.partial(ledger.accounts.withdraw, w)) for w in withdraws),
+        *(attempt(lambda: ledger.deposit(account, 2)) for _ in range(10)),
+        *(attempt(lambda: ledger.accounts.withdraw(duplicate)) for _ in range(10)),
+    )
+    debits = outcomes[:6]
+    # 100 + 20 - 1 covers at most three withdrawals of 30, and never a negative balance.
+    assert debits.count("OK") <= 3
+    assert set(debits) <= {"OK", "INSUFFICIENT_FUNDS", "REQUEST_IN_PROGRESS"}
+    assert set(outcomes[6:16]) == {"OK"}
+    assert set(outcomes[16:]) <= {"OK", "REQUEST_IN_PROGRESS"}
+    assert await ledger.balance(account) == 100 + 20 - 1 - 30 * debits.count("OK")
+
+
+async def test_a_transfer_to_a_closed_account_refunds_the_source(ledger: Ledger) -> None:
+    source, closed = await ledger.open(balance=50), await ledger.open()
+    await ledger.accounts.close_account(
+        accounts_pb2.CloseAccountRequest(request_id=rid(), account_id=closed)
+    )
+    answer = await ledger.transfers.create_transfer(ledger.transfer_request(source, closed, 20))
+    transfer = answer.transfer
+    assert transfer.state == transfers_pb2.TRANSFER_STATE_FAILED
+    assert transfer.failure_reason == "ACCOUNT_CLOSED"
+    assert [(s.name, s.outcome) for s in transfer.history] == [
+        ("DEBIT_SOURCE", "DONE"),
+        ("CREDIT_DESTINATION", "FAILED"),
+        ("REFUND_SOURCE", "DONE"),
+    ]
+    assert await ledger.balance(source) == 50
+    read = await ledger.transfers.get_transfer(
+        transfers_pb2.GetTransferRequest(transfer_id=transfer.transfer_id)
+    )
+    assert read.transfer == transfer
+
+
+async def test_the_activity_feed_has_each_finished_transfer_once(ledger: Ledger) -> None:
+    source, destination = await ledger.open(balance=100), await ledger.open()
+    done = await ledger.transfers.create_transfer(ledger.transfer_request(source, destination, 70))
+    failed = await ledger.transfers.create_transfer(
+        ledger.transfer_request(source, destination, 70)
+    )
+    assert failed.transfer.failure_reason == "INSUFFICIENT_FUNDS"
+
+    async def feed(account: str) -> list[transfers_pb2.ActivityEntry]:
+        entries: list[transfers_pb2.ActivityEntry] = []
+        token = ""
+        while True:
+            page = await ledger.transfers.list_account_activity(
+                transfers_pb2.ListAccountActivityRequest(
+                    account_id=account, page_size=1, page_token=token
+                )
+            )
+            entries += page.entries
+            token = page.next_page_token
+            if not token:
+                return entries
+
+    for _ in range(200):
+        source_feed = await feed(source)
+        if len(source_feed) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert [(e.transfer_id, e.state, e.direction) for e in source_feed] == [
+        (failed.transfer.transfer_id, transfers_pb2.TRANSFER_STATE_FAILED, "DEBIT"),
+        (done.transfer.transfer_id, transfers_pb2.TRANSFER_STATE_COMPLETED, "DEBIT"),
+    ]
+    assert source_feed[0].failure_reason == "INSUFFICIENT_FUNDS"
+    destination_feed = await feed(destination)
+    assert [(e.transfer_id, e.direction, e.amount.minor_units) for e in destination_feed] == [
+        (done.transfer.transfer_id, "CREDIT", 70)
+    ]
+
+
+async def test_pages_of_accounts_use_signed_tokens(ledger: Ledger) -> None:
+    opened = {await ledger.open() for _ in range(5)}
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await ledger.accounts.list_accounts(
+            accounts_pb2.ListAccountsRequest(page_size=2, page_token=token)
+        )
+        assert len(page.accounts) <= 2
+        seen += [account.account_id for account in page.accounts]
+        token = page.next_page_token
+        if not token:
+            break
+    assert sorted(seen) == sorted(opened)
+    first = await ledger.accounts.list_accounts(accounts_pb2.ListAccountsRequest(page_size=2))
+    body, _, signature = first.next_page_token.partition(".")
+    forged = f"{body[:-2]}{'A' if body[-2] != 'A' else 'B'}{body[-1]}.{signature}"
+    for bad in (forged, "not-a-token", first.next_page_token + "x"):
+        error = await failure(
+            ledger.accounts.list_accounts(accounts_pb2.ListAccountsRequest(page_token=bad))
+        )
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, bad

@@ -1,0 +1,227 @@
+"""The saga engine on DynamoDB (moto): compensation, deadlines, crash recovery, outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import pytest
+
+from clients.aws import AwsClients, AwsSettings
+from durable.dynamo import ensure_tables
+from durable.saga import COMPLETED, FAILED, KeyReused, Saga, SagaEngine, Step, saga_table
+from interceptors.retry import RetryPolicy
+from tests.support.moto import Moto
+
+
+class Permanent(Exception):
+    pass
+
+
+class Effects:
+    """Steps that count their effects; `fail` / `block` script what happens."""
+
+    def __init__(self) -> None:
+        self.applied: dict[str, int] = {}
+        self.calls: list[str] = []
+        self.fail: dict[str, list[Exception]] = {}
+        self.block: set[str] = set()
+        self.down_until: dict[str, float] = {}
+        self.entered = asyncio.Event()
+
+    def action(self, name: str) -> Any:
+        async def run(saga: Saga) -> None:
+            self.calls.append(name)
+            if name in self.block:
+                self.entered.set()
+                await asyncio.Event().wait()
+            if time.monotonic() < self.down_until.get(name, 0.0):
+                raise ConnectionError(f"{name} is down")
+            scripted = self.fail.get(name)
+            if scripted:
+                raise scripted.pop(0)
+            self.applied[name] = 1  # idempotent: repeating it changes nothing
+
+        return run
+
+
+class Definition:
+    kind = "test.Saga"
+
+    def __init__(self, effects: Effects) -> None:
+        self.steps: Sequence[Step] = (
+            Step("ONE", effects.action("ONE"), effects.action("UNDO_ONE"), "UNDO_ONE"),
+            Step("TWO", effects.action("TWO"), effects.action("UNDO_TWO"), "UNDO_TWO"),
+            Step("THREE", effects.action("THREE")),
+        )
+
+    def permanent(self, error: BaseException) -> str | None:
+        return str(error) if isinstance(error, Permanent) else None
+
+    def event(self, saga: Saga) -> dict[str, Any]:
+        return {"event_id": saga.saga_id, "type": saga.status}
+
+
+class Events:
+    def __init__(self) -> None:
+        self.published: list[Mapping[str, Any]] = []
+        self.failures = 0
+
+    async def publish(self, event: Mapping[str, Any], context: Mapping[str, str]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("queue down")
+        self.published.append(event)
+
+
+@pytest.fixture
+async def dynamodb(shared_moto: Moto) -> AsyncIterator[tuple[Any, str]]:
+    clients = AwsClients(AwsSettings(endpoint_url=shared_moto.url))
+    client = await clients.client("dynamodb")
+    table = f"sagas-{uuid.uuid4().hex[:8]}"
+    await ensure_tables(client, [saga_table(table)])
+    yield client, table
+    await clients.close()
+
+
+def engine(
+    dynamodb: tuple[Any, str], effects: Effects, events: Events, **options: Any
+) -> SagaEngine:
+    client, table = dynamodb
+    return SagaEngine(
+        client,
+        table,
+        [Definition(effects)],
+        events,
+        retry=RetryPolicy(max_attempts=1_000_000, initial_backoff=0.01, max_backoff=0.02),
+        **options,
+    )
+
+
+async def start(saga_engine: SagaEngine, deadline: float = 30.0) -> str:
+    saga_id = str(uuid.uuid4())
+    await saga_engine.start(saga_id, Definition.kind, "digest", {"n": 1}, deadline, {})
+    return saga_id
+
+
+def steps(saga: Saga) -> list[tuple[str, str]]:
+    return [(entry["name"], entry["outcome"]) for entry in saga.history]
+
+
+async def test_all_steps_done_completes_and_publishes_once(dynamodb: tuple[Any, str]) -> None:
+    effects, events = Effects(), Events()
+    saga_engine = engine(dynamodb, effects, events)
+    saga_id = await start(saga_engine)
+    saga = await saga_engine.run(saga_id, 10)
+    assert saga.status == COMPLETED
+    assert steps(saga) == [("ONE", "DONE"), ("TWO", "DONE"), ("THREE", "DONE")]
+    assert events.published == [{"event_id": saga_id, "type": COMPLETED}]
+    assert await saga_engine.recover_once() == 0  # finished and published: nothing is due
+    with pytest.raises(KeyReused):
+        await saga_engine.start(saga_id, Definition.kind, "other digest", {}, 1, {})
+
+
+async def test_a_permanent_failure_compensates_in_reverse(dynamodb: tuple[Any, str]) -> None:
+    effects, events = Effects(), Events()
+    effects.fail["THREE"] = [Permanent("CLOSED")]
+    saga_engine = engine(dynamodb, effects, events)
+    saga = await saga_engine.run(await start(saga_engine), 10)
+    assert saga.status == FAILED
+    assert saga.failure_reason == "CLOSED"
+    assert steps(saga) == [
+        ("ONE", "DONE"),
+        ("TWO", "DONE"),
+        ("THREE", "FAILED"),
+        ("UNDO_TWO", "DONE"),
+        ("UNDO_ONE", "DONE"),
+    ]
+    assert [event["type"] for event in events.published] == [FAILED]
+
+
+async def test_past_its_deadline_an_uncertain_step_is_settled_then_undone(
+    dynamodb: tuple[Any, str],
+) -> None:
+    effects, events = Effects(), Events()
+    effects.down_until["TWO"] = time.monotonic() + 0.6  # down past the deadline, then back
+    saga_engine = engine(dynamodb, effects, events)
+    saga = await saga_engine.run(await start(saga_engine, deadline=0.3), 10)
+    assert saga.status == FAILED
+    assert saga.failure_reason == "DEADLINE_EXCEEDED"
+    # TWO may have taken effect before its answer was lost: it is repeated (idempotent) to
+    # know, then compensated, so nothing is left half-done.
+    assert steps(saga)[:2] == [("ONE", "DONE"), ("TWO", "TIMED_OUT")]
+    assert steps(saga)[2:] == [("TWO", "DONE"), ("UNDO_TWO", "DONE"), ("UNDO_ONE", "DONE")]
+
+
+async def test_the_pivot_step_is_retried_past_the_deadline(dynamodb: tuple[Any, str]) -> None:
+    effects, events = Effects(), Events()
+    effects.fail["THREE"] = [ConnectionError("down")] * 20
+    saga_engine = engine(dynamodb, effects, events)
+    saga = await saga_engine.run(await start(saga_engine, deadline=0.05), 10)
+    assert saga.status == COMPLETED  # THREE has no compensation: it is never abandoned
+    assert effects.calls.count("THREE") == 21
+
+
+async def test_a_crashed_drivers_saga_is_resumed_by_another_after_its_lease(
+    dynamodb: tuple[Any, str],
+) -> None:
+    effects, events = Effects(), Events()
+    effects.block.add("TWO")
+    first = engine(dynamodb, effects, events, lease_seconds=0.5)
+    saga_id = await start(first)
+    waiting = asyncio.create_task(first.run(saga_id, 10))
+    await asyncio.wait_for(effects.entered.wait(), 5)
+    # A second process cannot take the saga while the lease is held...
+    second = engine(dynamodb, effects, events, lease_seconds=0.5)
+    assert await second.recover_once() == 0
+    # ...and the first dies mid-step, its lease left behind.
+    await first.close()
+    waiting.cancel()
+    effects.block.clear()
+    for _ in range(100):
+        if await second.recover_once():
+            break
+        await asyncio.sleep(0.05)
+    for _ in range(100):
+        found = await second.get(saga_id)
+        assert found is not None
+        saga = found
+        if saga.finished and events.published:
+            break
+        await asyncio.sleep(0.05)
+    assert saga.status == COMPLETED
+    assert effects.calls.count("TWO") == 2  # repeated after the crash: idempotent
+    assert steps(saga) == [("ONE", "DONE"), ("TWO", "DONE"), ("THREE", "DONE")]
+    assert len(events.published) == 1
+
+
+async def test_an_event_not_published_is_published_by_recovery(
+    dynamodb: tuple[Any, str],
+) -> None:
+    effects, events = Effects(), Events()
+    events.failures = 1
+    saga_engine = engine(dynamodb, effects, events, lease_seconds=0.3)
+    saga_id = await start(saga_engine)
+    saga = await saga_engine.run(saga_id, 10)
+    assert saga.status == COMPLETED
+    assert events.published == []
+    stored = await saga_engine.get(saga_id)
+    assert stored is not None
+    assert stored.outbox == {"event_id": saga_id, "type": COMPLETED}
+    for _ in range(100):
+        await saga_engine.recover_once()
+        if events.published:
+            break
+        await asyncio.sleep(0.05)
+    assert events.published == [{"event_id": saga_id, "type": COMPLETED}]
+    for _ in range(100):
+        stored = await saga_engine.get(saga_id)
+        assert stored is not None
+        if stored.outbox is None:
+            break
+        await asyncio.sleep(0.02)
+    assert stored.outbox is None
+    assert await saga_engine.recover_once() == 0
