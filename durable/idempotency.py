@@ -13,9 +13,9 @@
    outcome in the same transaction as its own writes (`DynamoIdempotencyStore.
    completion`, then `claim.committed = True`): the effect and its record
    cannot part. Otherwise the runner records the outcome right after.
-3. permanent errors (`ClientError`) are recorded as the outcome; anything else
-   (a transient failure, a crash) releases the claim so that a retry may run
-   the effect again. Releasing is conditional on the claim still being ours and
+3. permanent errors (a `ClientError` that is not transient) are recorded as the
+   outcome; anything else (a transient failure, a crash) releases the claim so
+   that a retry may run the effect again. Releasing is conditional on the claim still being ours and
    still PENDING, so it never undoes an outcome that did commit.
 
 Records expire after `ttl` (DynamoDB TTL attribute `expires_at`). Anchors:
@@ -125,7 +125,9 @@ class Idempotency:
         try:
             response = await effect(claimed)
         except ClientError as error:
-            if not claimed.committed:
+            if error.transient:  # e.g. ABORTED with RetryInfo: a retry may succeed
+                await asyncio.shield(self._release_quietly(claimed))
+            elif not claimed.committed:
                 failure = to_status(error, domain="").SerializeToString()
                 await self.store.complete(claimed, Outcome(error=failure))
             raise

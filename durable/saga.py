@@ -191,7 +191,9 @@ class SagaEngine:
         payload: dict[str, Any],
         deadline_seconds: float,
         context: Mapping[str, str],
-    ) -> Saga:
+    ) -> tuple[Saga, bool]:
+        """The saga, and whether this call created it; a new saga is created already
+        leased to this process, so `run(..., leased=saga)` skips taking the lease."""
         now_ms = self._now_ms()
         saga = Saga(
             saga_id,
@@ -203,23 +205,27 @@ class SagaEngine:
             updated_us=now_ms * 1000,
         )
         item = self._item(saga)
-        item.update(
-            to_item({"digest": digest, "due_shard": self._shard(saga_id), "lease_until": 0})
-        )
+        lease = {
+            "digest": digest,
+            "due_shard": self._shard(saga_id),
+            "lease_owner": self.owner,
+            "lease_until": now_ms + int(self.lease_seconds * 1000),
+        }
+        item.update(to_item(lease))
         try:
             await self.dynamodb.put_item(
                 TableName=self.table,
                 Item=item,
                 ConditionExpression="attribute_not_exists(saga_id)",
             )
-            return saga
+            return saga, True
         except AwsClientError as error:
             if error_code(error) != "ConditionalCheckFailedException":
                 raise
         found = await self._read(saga_id)
         if found is None or found[1] != digest:
             raise KeyReused(saga_id)
-        return found[0]
+        return found[0], False
 
     async def get(self, saga_id: str) -> Saga | None:
         found = await self._read(saga_id)
@@ -352,17 +358,18 @@ class SagaEngine:
 
     # -- driving -------------------------------------------------------------------
 
-    async def run(self, saga_id: str, wait_seconds: float) -> Saga:
+    async def run(self, saga_id: str, wait_seconds: float, leased: Saga | None = None) -> Saga:
         """Drives the saga (in the background) and returns its state when it has ended
-        or when `wait_seconds` have passed, whichever is first."""
-        task = self._driving.get(saga_id) or self._spawn(saga_id)
+        or when `wait_seconds` have passed, whichever is first. `leased`: the saga as
+        `start()` created it (leased to us), to drive without taking the lease again."""
+        until = time.monotonic() + wait_seconds
+        task = self._driving.get(saga_id) or self._spawn(saga_id, leased)
         done, _ = await asyncio.wait({task}, timeout=max(wait_seconds, 0.0))
         if done:
             saga = task.result()
             if saga.finished:
                 return saga
         # Someone else holds it (or it is still going): watch the item until it ends.
-        until = time.monotonic() + wait_seconds
         while True:
             current = await self.get(saga_id)
             assert current is not None
@@ -370,18 +377,23 @@ class SagaEngine:
                 return current
             await asyncio.sleep(min(0.05, max(until - time.monotonic(), 0.0)))
 
-    def _spawn(self, saga_id: str) -> asyncio.Task[Saga]:
-        task = asyncio.create_task(self._drive(saga_id), name=f"saga-{saga_id}")
+    def _spawn(self, saga_id: str, leased: Saga | None = None) -> asyncio.Task[Saga]:
+        task = asyncio.create_task(self._drive(saga_id, leased), name=f"saga-{saga_id}")
         self._driving[saga_id] = task
 
-        def forget(_: asyncio.Task[Saga]) -> None:
+        def forget(done: asyncio.Task[Saga]) -> None:
             self._driving.pop(saga_id, None)
+            if not done.cancelled() and done.exception() is not None:
+                # e.g. DynamoDB unreachable before the lease was taken: recovery retries.
+                _log.warning(
+                    "saga not driven", extra={"saga_id": saga_id}, exc_info=done.exception()
+                )
 
         task.add_done_callback(forget)
         return task
 
-    async def _drive(self, saga_id: str) -> Saga:
-        saga = await self._acquire(saga_id)
+    async def _drive(self, saga_id: str, leased: Saga | None = None) -> Saga:
+        saga = leased or await self._acquire(saga_id)
         if saga is None:
             found = await self.get(saga_id)
             assert found is not None

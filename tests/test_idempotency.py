@@ -115,13 +115,19 @@ async def test_a_permanent_error_is_recorded_and_replayed_exactly(
     assert to_status(caught.value, "d") == to_status(refused, "d")
 
 
-async def test_a_transient_failure_releases_the_key_for_a_retry(store: IdempotencyStore) -> None:
+@pytest.mark.parametrize(
+    "failure",
+    [Unavailable("down"), Aborted("contended", reason="ACCOUNT_CONTENDED", retry_after=0.1)],
+)
+async def test_a_transient_failure_releases_the_key_for_a_retry(
+    store: IdempotencyStore, failure: Exception
+) -> None:
     idempotency = Idempotency(store)
-    with pytest.raises(Unavailable):
-        await run(idempotency, Effect(Unavailable("down")))
+    with pytest.raises(type(failure)):
+        await run(idempotency, Effect(failure))
     retried = Effect()
     answer = await run(idempotency, retried)
-    assert retried.runs == 1
+    assert retried.runs == 1  # not replayed: a retry of a transient failure runs again
     assert answer.account.account_id == "run-1"
 
 

@@ -102,8 +102,10 @@ def engine(
 
 
 async def start(saga_engine: SagaEngine, deadline: float = 30.0) -> str:
+    """A new saga, left for `run` or recovery to take (as after a crash right after start)."""
     saga_id = str(uuid.uuid4())
-    await saga_engine.start(saga_id, Definition.kind, "digest", {"n": 1}, deadline, {})
+    _, created = await saga_engine.start(saga_id, Definition.kind, "digest", {"n": 1}, deadline, {})
+    assert created
     return saga_id
 
 

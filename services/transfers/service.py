@@ -52,7 +52,7 @@ class TransfersService(TransfersServicer):
     ) -> pb.CreateTransferResponse:
         transfer_id = str(uuid.uuid5(TRANSFER_IDS, request.request_id))
         try:
-            await self._engine.start(
+            saga, created = await self._engine.start(
                 transfer_id,
                 KIND,
                 digest(request),
@@ -64,7 +64,7 @@ class TransfersService(TransfersServicer):
             raise key_reused() from None
         budget = remaining_budget()
         wait = (self._saga_deadline if budget is None else budget) - ANSWER_MARGIN_SECONDS
-        saga = await self._engine.run(transfer_id, wait)
+        saga = await self._engine.run(transfer_id, wait, leased=saga if created else None)
         return pb.CreateTransferResponse(transfer=transfer_of(saga))
 
     async def get_transfer(

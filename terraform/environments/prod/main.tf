@@ -6,12 +6,19 @@ data "aws_caller_identity" "current" {}
 locals {
   name = "ledger-${var.environment}"
   tags = { system = "ledger" }
-  # Table design (README, Storage); TTL on the idempotency records.
+  # Table design: README, "The ledger" (services/resources.py creates the same
+  # tables locally). TTL on the idempotency records; the transfers' sagas have a
+  # sparse index of the unfinished ones, which the recovery loop queries.
   tables = {
-    accounts    = { hash_key = "account_id" }
-    transfers   = { hash_key = "transfer_id" }
+    accounts = { hash_key = "account_id" }
+    transfers = {
+      hash_key = "saga_id"
+      indexes = [
+        { name = "unfinished", hash_key = "due_shard", range_key = "lease_until", range_type = "N" },
+      ]
+    }
     idempotency = { hash_key = "key", ttl_attribute = "expires_at" }
-    activity    = { hash_key = "account_id", range_key = "event_id" }
+    activity    = { hash_key = "account_id", range_key = "sort_key" }
   }
 }
 
@@ -63,11 +70,10 @@ module "transfers_role" {
   oidc_provider     = module.eks.oidc_provider
   namespace         = var.namespace
   service_account   = "transfers"
-  table_arns = [
-    module.data.table_arns["transfers"],
-    module.data.table_arns["idempotency"],
-    module.data.table_arns["activity"],
-  ]
+  # CreateTransfer is idempotent through its saga item: no idempotency table here.
+  table_arns = [module.data.table_arns["transfers"], module.data.table_arns["activity"]]
+  # The saga recovery loop queries the sparse index of unfinished transfers.
+  index_arns         = ["${module.data.table_arns["transfers"]}/index/unfinished"]
   send_queue_arns    = [module.data.events_queue_arn]
   receive_queue_arns = [module.data.events_queue_arn]
   secret_arns        = [module.data.page_token_secret_arn]

@@ -44,10 +44,24 @@ resource "aws_dynamodb_table" "this" {
   deletion_protection_enabled = var.deletion_protection
 
   dynamic "attribute" {
-    for_each = compact([each.value.hash_key, each.value.range_key])
+    for_each = merge(
+      { for key in compact([each.value.hash_key, each.value.range_key]) : key => "S" },
+      { for index in each.value.indexes : index.hash_key => "S" },
+      { for index in each.value.indexes : index.range_key => index.range_type },
+    )
     content {
-      name = attribute.value
-      type = "S"
+      name = attribute.key
+      type = attribute.value
+    }
+  }
+
+  dynamic "global_secondary_index" {
+    for_each = each.value.indexes
+    content {
+      name            = global_secondary_index.value.name
+      hash_key        = global_secondary_index.value.hash_key
+      range_key       = global_secondary_index.value.range_key
+      projection_type = "KEYS_ONLY"
     }
   }
 

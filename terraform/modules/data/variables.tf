@@ -4,11 +4,17 @@ variable "name" {
 }
 
 variable "tables" {
-  description = "DynamoDB tables: key schema and optional TTL attribute, by short name."
+  description = "DynamoDB tables: string keys, optional TTL attribute and global secondary indexes (keys-only), by short name."
   type = map(object({
     hash_key      = string
     range_key     = optional(string)
     ttl_attribute = optional(string)
+    indexes = optional(list(object({
+      name       = string
+      hash_key   = string
+      range_key  = string
+      range_type = string
+    })), [])
   }))
 }
 

@@ -30,11 +30,12 @@ data "aws_iam_policy_document" "access" {
       "dynamodb:UpdateItem",
       "dynamodb:DeleteItem",
       "dynamodb:Query",
+      "dynamodb:Scan", # ListAccounts pages through the accounts table
       "dynamodb:BatchGetItem",
       "dynamodb:ConditionCheckItem",
       "dynamodb:DescribeTable",
     ]
-    resources = var.table_arns # no GSIs yet: add their exact index ARNs when there are
+    resources = concat(var.table_arns, var.index_arns)
   }
 
   statement {
@@ -47,7 +48,7 @@ data "aws_iam_policy_document" "access" {
     for_each = length(var.send_queue_arns) > 0 ? [1] : []
     content {
       sid       = "SendEvents"
-      actions   = ["sqs:SendMessage", "sqs:GetQueueAttributes"]
+      actions   = ["sqs:SendMessage", "sqs:GetQueueAttributes", "sqs:GetQueueUrl"]
       resources = var.send_queue_arns
     }
   }

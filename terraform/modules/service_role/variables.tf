@@ -28,6 +28,12 @@ variable "table_arns" {
   type        = list(string)
 }
 
+variable "index_arns" {
+  description = "Exact ARNs of the table indexes the service queries."
+  type        = list(string)
+  default     = []
+}
+
 variable "send_queue_arns" {
   description = "SQS queues the service sends to."
   type        = list(string)
