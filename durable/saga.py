@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -134,23 +135,12 @@ class _Overdue(Exception):
 
 
 def _parse(item: Mapping[str, Any]) -> tuple[Saga, str]:
+    """The saga stored in `item`, and the digest of the request that created it."""
     values = from_item(item)
-    saga = Saga(
-        saga_id=values["saga_id"],
-        kind=values["kind"],
-        payload=values["payload"],
-        status=values["status"],
-        step=values["step"],
-        uncertain=values["uncertain"],
-        failure_reason=values["failure_reason"],
-        history=values["history"],
-        context=values["context"],
-        deadline_ms=values["deadline_ms"],
-        created_us=values["created_us"],
-        updated_us=values["updated_us"],
-        version=values["version"],
-        outbox=values.get("outbox"),
-    )
+    stored: dict[str, Any] = {
+        field.name: values.get(field.name) for field in dataclasses.fields(Saga)
+    }
+    saga = Saga(**stored)
     return saga, values["digest"]
 
 
@@ -204,7 +194,7 @@ class SagaEngine:
             created_us=now_ms * 1000,
             updated_us=now_ms * 1000,
         )
-        item = self._item(saga)
+        item = to_item(dataclasses.asdict(saga))
         lease = {
             "digest": digest,
             "due_shard": self._shard(saga_id),
@@ -241,25 +231,6 @@ class SagaEngine:
 
     def _shard(self, saga_id: str) -> str:
         return str(uuid.UUID(saga_id).int % self.shards)
-
-    @staticmethod
-    def _item(saga: Saga) -> dict[str, Any]:
-        values = {
-            "saga_id": saga.saga_id,
-            "kind": saga.kind,
-            "payload": saga.payload,
-            "status": saga.status,
-            "step": saga.step,
-            "uncertain": saga.uncertain,
-            "failure_reason": saga.failure_reason,
-            "history": saga.history,
-            "context": saga.context,
-            "deadline_ms": saga.deadline_ms,
-            "created_us": saga.created_us,
-            "updated_us": saga.updated_us,
-            "version": saga.version,
-        }
-        return to_item(values)
 
     # -- leases and writes ---------------------------------------------------------
 

@@ -98,35 +98,30 @@ class TransferSaga:
             Step("CREDIT_DESTINATION", self._credit),
         )
 
-    async def _debit(self, saga: Saga) -> None:
-        await self._accounts.withdraw(
-            accounts_pb2.WithdrawRequest(
-                request_id=step_request_id(saga.saga_id, "DEBIT_SOURCE"),
-                account_id=saga.payload["source"],
-                amount=amount_of(saga),
-                memo=f"transfer {saga.saga_id}",
-            )
+    @staticmethod
+    def _movement(saga: Saga, step: str, account: str) -> dict[str, Any]:
+        """The fields of the Withdraw or Deposit that makes `step` of this transfer."""
+        memo = (
+            f"transfer {saga.saga_id}" if step != "REFUND_SOURCE" else f"refund of {saga.saga_id}"
         )
+        return {
+            "request_id": step_request_id(saga.saga_id, step),
+            "account_id": saga.payload[account],
+            "amount": amount_of(saga),
+            "memo": memo,
+        }
+
+    async def _debit(self, saga: Saga) -> None:
+        movement = self._movement(saga, "DEBIT_SOURCE", "source")
+        await self._accounts.withdraw(accounts_pb2.WithdrawRequest(**movement))
 
     async def _credit(self, saga: Saga) -> None:
-        await self._accounts.deposit(
-            accounts_pb2.DepositRequest(
-                request_id=step_request_id(saga.saga_id, "CREDIT_DESTINATION"),
-                account_id=saga.payload["destination"],
-                amount=amount_of(saga),
-                memo=f"transfer {saga.saga_id}",
-            )
-        )
+        movement = self._movement(saga, "CREDIT_DESTINATION", "destination")
+        await self._accounts.deposit(accounts_pb2.DepositRequest(**movement))
 
     async def _refund(self, saga: Saga) -> None:
-        await self._accounts.deposit(
-            accounts_pb2.DepositRequest(
-                request_id=step_request_id(saga.saga_id, "REFUND_SOURCE"),
-                account_id=saga.payload["source"],
-                amount=amount_of(saga),
-                memo=f"refund of transfer {saga.saga_id}",
-            )
-        )
+        movement = self._movement(saga, "REFUND_SOURCE", "source")
+        await self._accounts.deposit(accounts_pb2.DepositRequest(**movement))
 
     def permanent(self, error: BaseException) -> str | None:
         if isinstance(error, grpc.aio.AioRpcError) and error.code() in PERMANENT_CODES:
