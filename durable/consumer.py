@@ -15,6 +15,8 @@ runs the handler of each in its own task:
   attributes made current, so its logs and calls join the original trace.
 - handlers must be idempotent (delivery is at least once); the reference
   handler keys its writes by event id.
+- `platform_queue_messages_total{queue, outcome}` counts processed and failed
+  handlings (a registry of None: the metric goes nowhere).
 
 Errors of SQS itself (outage, throttling) are logged and retried after a
 backoff; the loop never dies of them. Anchors: the AWS SQS developer guide
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import context as otel_context
+from prometheus_client import CollectorRegistry, Counter
 
 from interceptors.correlation import HEADER as CORRELATION_HEADER
 from interceptors.correlation import correlation_id_var
@@ -63,6 +66,7 @@ class SqsConsumer:
         wait_seconds: int = 20,
         visibility_timeout: int = 30,
         backoff: RetryPolicy | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.sqs = sqs
         self.queue_url = queue_url
@@ -73,8 +77,16 @@ class SqsConsumer:
         self.backoff = backoff or RetryPolicy(initial_backoff=0.2, max_backoff=5.0)
         self._slots = asyncio.Semaphore(max_in_flight)
         self._working: set[asyncio.Task[None]] = set()
-        self.processed = 0
-        self.failed = 0
+        queue = queue_url.rstrip("/").rsplit("/", 1)[-1]
+        messages = Counter(
+            "platform_queue_messages",
+            "Queue messages handled, by outcome (failed ones are delivered again, "
+            "then dead-lettered).",
+            ["queue", "outcome"],
+            registry=registry,
+        )
+        self._processed = messages.labels(queue, "processed")
+        self._failed = messages.labels(queue, "failed")
 
     async def run_forever(self) -> None:
         failures = 0
@@ -137,11 +149,11 @@ class SqsConsumer:
             )
             await self._in_context(delivery)
             await self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=receipt)
-            self.processed += 1
+            self._processed.inc()
         except asyncio.CancelledError:
             raise
         except Exception:
-            self.failed += 1
+            self._failed.inc()
             # Left on the queue: delivered again after the visibility timeout, and
             # dead-lettered by the redrive policy after maxReceiveCount receives.
             _log.exception("message handling failed", extra={"message_id": message["MessageId"]})

@@ -25,6 +25,9 @@ and writes it after every step, so any process can resume any saga:
   `shard`, range `lease_until`) for sagas whose lease has passed, unfinished
   or with an unpublished event, and drives them. A killed process's sagas are
   resumed by any pod after `lease_seconds`.
+- Metrics (`registry`): `platform_saga_finished_total{kind, status}`,
+  `platform_saga_compensation_failed_total{kind}` (alert on it) and
+  `platform_saga_recovered_total`.
 - Outbox: the write that ends a saga also stores its event in the item
   (`outbox`), in the same conditional write. The engine then publishes it and
   removes it; if the process dies in between, recovery finds the item still in
@@ -50,12 +53,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from botocore.exceptions import ClientError as AwsClientError
+from prometheus_client import CollectorRegistry, Counter
 
 from durable.dynamo import Index, TableSpec, error_code, from_item, to_item, to_value
 from interceptors.retry import RetryPolicy
 
 RUNNING, COMPENSATING, COMPLETED, FAILED = "RUNNING", "COMPENSATING", "COMPLETED", "FAILED"
 TERMINAL = (COMPLETED, FAILED)
+COMPENSATION_FAILED = "COMPENSATION_FAILED"
 UNFINISHED_INDEX = "unfinished"
 
 _log = logging.getLogger(__name__)
@@ -156,6 +161,7 @@ class SagaEngine:
         shards: int = 4,
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] = time.time,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.dynamodb = dynamodb
         self.table = table
@@ -167,6 +173,23 @@ class SagaEngine:
         self.retry = retry or RetryPolicy(max_attempts=1_000_000, max_backoff=2.0)
         self._clock = clock
         self._driving: dict[str, asyncio.Task[Saga]] = {}
+        self._finished = Counter(
+            "platform_saga_finished",
+            "Sagas ended, by kind and status (COMPLETED, FAILED).",
+            ["kind", "status"],
+            registry=registry,
+        )
+        self._compensation_failed = Counter(
+            "platform_saga_compensation_failed",
+            "Sagas whose compensation failed permanently: someone must look.",
+            ["kind"],
+            registry=registry,
+        )
+        self._recovered = Counter(
+            "platform_saga_recovered",
+            "Sagas taken up by the recovery loop (lease passed or event unpublished).",
+            registry=registry,
+        )
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -312,6 +335,10 @@ class SagaEngine:
                 raise LeaseLost(saga.saga_id) from None
             raise
         saga.version += 1
+        if saga.finished:  # the one write that ends it, counted once it has landed
+            self._finished.labels(saga.kind, saga.status).inc()
+            if saga.failure_reason.startswith(COMPENSATION_FAILED):
+                self._compensation_failed.labels(saga.kind).inc()
 
     async def _published(self, saga: Saga) -> None:
         await self.dynamodb.update_item(
@@ -479,7 +506,7 @@ class SagaEngine:
                     "saga compensation failed: manual action needed",
                     extra={"saga_id": saga.saga_id, "step": step.compensation_name},
                 )
-                saga.failure_reason = f"COMPENSATION_FAILED: {reason}"
+                saga.failure_reason = f"{COMPENSATION_FAILED}: {reason}"
                 self._finish(definition, saga, FAILED)
                 await self._save(saga)
                 return
@@ -510,6 +537,7 @@ class SagaEngine:
         started = [saga_id for saga_id in due if saga_id not in self._driving]
         for saga_id in started:
             self._spawn(saga_id)
+        self._recovered.inc(len(started))
         return len(started)
 
     async def recover_forever(self, interval: float = 1.0) -> None:

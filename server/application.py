@@ -18,6 +18,7 @@ from importlib.metadata import entry_points
 from typing import Any, Protocol
 
 import grpc
+from prometheus_client import CollectorRegistry
 
 from clients.channel import ChannelFactory
 from interceptors.call import Layer
@@ -65,6 +66,8 @@ class RuntimeContext:
     config: ServerConfig
     env: EnvReader
     channels: ChannelFactory
+    # The registry `/metrics` serves: a service's own metrics go here.
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
 
 AppFactory = Callable[[RuntimeContext], Awaitable[Application]]

@@ -44,7 +44,7 @@ async def serve(config: ServerConfig, env: Mapping[str, str]) -> None:
         tracer=tracing.get_tracer("grpc-platform.client") if exporting(tracing) else None,
     )
     channels = ChannelFactory(ChannelSettings.from_env(EnvReader(env)), chain)
-    application = await factory(RuntimeContext(config, EnvReader(env), channels))
+    application = await factory(RuntimeContext(config, EnvReader(env), channels, registry))
     runtime = Runtime(config, application, channels, registry, tracing)
     shutdown = ShutdownSignal()
     await runtime.start()

@@ -14,7 +14,7 @@ from clients.resilience import Resilience
 from interceptors.retry import RetryPolicy
 from server.application import AppFactory, RuntimeContext
 from server.config import EnvReader, ServerConfig
-from server.runtime import Runtime
+from server.runtime import Runtime, process_registry
 from tests.support.moto import FAKE_CREDENTIALS, Moto
 from tests.support.net import HOST
 
@@ -40,8 +40,10 @@ async def start_runtime() -> AsyncIterator[StartRuntime]:
         }
         config = ServerConfig.from_env(env)
         channels = ChannelFactory()
-        application = await factory(RuntimeContext(config, EnvReader(env), channels))
-        runtime = Runtime(config, application, channels, tracing=tracing)
+        registry = process_registry()
+        context = RuntimeContext(config, EnvReader(env), channels, registry)
+        application = await factory(context)
+        runtime = Runtime(config, application, channels, registry, tracing=tracing)
         await runtime.start()
         started.append(runtime)
         return runtime

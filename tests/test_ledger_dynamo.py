@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from clients.channel import ChannelFactory
 from clients.errors import details_of, error_info
@@ -19,6 +20,7 @@ from services.accounts.app import build as build_accounts
 from services.transfers.app import build as build_transfers
 from tests.conftest import StartRuntime
 from tests.support.moto import Moto
+from tests.support.net import http_get
 
 
 def eur(minor_units: int) -> money_pb2.Money:
@@ -30,9 +32,12 @@ def rid() -> str:
 
 
 class Ledger:
-    def __init__(self, accounts: AccountsClient, transfers: TransfersClient) -> None:
+    def __init__(
+        self, accounts: AccountsClient, transfers: TransfersClient, transfers_admin: int = 0
+    ) -> None:
         self.accounts = accounts
         self.transfers = transfers
+        self.transfers_admin = transfers_admin
 
     async def open(self, balance: int = 0) -> str:
         opened = await self.accounts.open_account(
@@ -75,6 +80,7 @@ async def ledger(
     return Ledger(
         AccountsClient(single_attempt_channels.connect(target)),
         TransfersClient(single_attempt_channels.connect(f"127.0.0.1:{transfers.grpc_port}")),
+        transfers.admin.port,
     )
 
 
@@ -245,3 +251,36 @@ async def test_pages_of_accounts_use_signed_tokens(ledger: Ledger) -> None:
             ledger.accounts.list_accounts(accounts_pb2.ListAccountsRequest(page_token=bad))
         )
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
+
+
+async def test_sagas_and_events_are_counted_on_metrics(ledger: Ledger) -> None:
+    source, destination = await ledger.open(balance=10), await ledger.open()
+    for amount in (5, 50):  # one completes, one fails
+        await ledger.transfers.create_transfer(ledger.transfer_request(source, destination, amount))
+
+    def samples() -> dict[str, float]:
+        _, body = http_get(f"http://127.0.0.1:{ledger.transfers_admin}/metrics")
+        found = {}
+        for family in text_string_to_metric_families(body.decode()):
+            for sample in family.samples:
+                if sample.name.startswith("platform_saga") or sample.name.startswith(
+                    "platform_queue"
+                ):
+                    labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                    found[f"{sample.name}{{{labels}}}"] = sample.value
+        return found
+
+    def handled(counted: dict[str, float], outcome: str) -> float:
+        prefix = f"platform_queue_messages_total{{outcome={outcome},"
+        return sum(v for k, v in counted.items() if k.startswith(prefix))
+
+    for _ in range(200):
+        counted = await asyncio.to_thread(samples)
+        if handled(counted, "processed") == 2:
+            break
+        await asyncio.sleep(0.05)
+    finished = "platform_saga_finished_total{kind=ledger.v1.Transfer,status="
+    assert counted[finished + "COMPLETED}"] == 1
+    assert counted[finished + "FAILED}"] == 1
+    assert handled(counted, "processed") == 2  # both events, each once
+    assert handled(counted, "failed") == 0

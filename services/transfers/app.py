@@ -49,6 +49,7 @@ async def build(context: RuntimeContext) -> Application:
         [TransferSaga(accounts)],
         SqsPublisher(sqs, queue_url),
         lease_seconds=lease,
+        registry=context.registry,
     )
     feed = ActivityFeed(aws.dynamodb, aws.names.activity)
     workers = {"saga-recovery": lambda: engine.recover_forever(recovery_interval)}
@@ -60,6 +61,7 @@ async def build(context: RuntimeContext) -> Application:
             max_in_flight=in_flight,
             wait_seconds=aws.wait_seconds,
             visibility_timeout=visibility,
+            registry=context.registry,
         )
         workers["events-consumer"] = consumer.run_forever
     return Application(
