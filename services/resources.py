@@ -126,11 +126,8 @@ class LedgerAws:
         self._dynamodb = dynamodb = await self.clients.client("dynamodb")
         secretsmanager = await self.clients.client("secretsmanager")
         if self.bootstrap:
-            await ensure_tables(dynamodb, self.names.tables())
-            with contextlib.suppress(AwsClientError):  # ResourceExistsException: keep it
-                await secretsmanager.create_secret(
-                    Name=self.names.page_token_secret, SecretBinary=os.urandom(32)
-                )
+            sqs = await self.sqs()
+            await bootstrap(dynamodb, sqs, secretsmanager, self.names, self.max_receive_count)
         self._secrets = SecretCache(
             secretsmanager, self.names.page_token_secret, self.secret_refresh
         )
@@ -141,26 +138,14 @@ class LedgerAws:
 
     async def events_queue_url(self) -> str:
         sqs = await self.sqs()
-        if self.bootstrap:
-            dead = await sqs.create_queue(QueueName=self.names.dead_letter_queue)
-            attributes = await sqs.get_queue_attributes(
-                QueueUrl=dead["QueueUrl"], AttributeNames=["QueueArn"]
-            )
-            redrive = json.dumps(
-                {
-                    "deadLetterTargetArn": attributes["Attributes"]["QueueArn"],
-                    "maxReceiveCount": str(self.max_receive_count),
-                }
-            )
-            await sqs.create_queue(
-                QueueName=self.names.events_queue, Attributes={"RedrivePolicy": redrive}
-            )
         answer: dict[str, Any] = await sqs.get_queue_url(QueueName=self.names.events_queue)
         return str(answer["QueueUrl"])
 
-    def readiness(self) -> dict[str, ReadinessCheck]:
+    def readiness(self, table: str) -> dict[str, ReadinessCheck]:
+        """The `dynamodb` check, on a table of the service's own (its role may read no other)."""
+
         async def dynamodb_reachable() -> bool:
-            await self.dynamodb.describe_table(TableName=self.names.accounts)
+            await self.dynamodb.describe_table(TableName=table)
             return True
 
         return {"dynamodb": dynamodb_reachable}
@@ -170,3 +155,26 @@ class LedgerAws:
             await self._secrets.close()
         await self.queue_clients.close()
         await self.clients.close()
+
+
+async def bootstrap(
+    dynamodb: Any, sqs: Any, secretsmanager: Any, names: LedgerNames, max_receive_count: int
+) -> None:
+    """Creates what is missing (local runs and tests; in AWS, Terraform does): the
+    tables, the events queue with its dead-letter queue, and a random page-token key."""
+    await ensure_tables(dynamodb, names.tables())
+    with contextlib.suppress(AwsClientError):  # ResourceExistsException: keep it
+        await secretsmanager.create_secret(
+            Name=names.page_token_secret, SecretBinary=os.urandom(32)
+        )
+    dead = await sqs.create_queue(QueueName=names.dead_letter_queue)
+    attributes = await sqs.get_queue_attributes(
+        QueueUrl=dead["QueueUrl"], AttributeNames=["QueueArn"]
+    )
+    redrive = json.dumps(
+        {
+            "deadLetterTargetArn": attributes["Attributes"]["QueueArn"],
+            "maxReceiveCount": str(max_receive_count),
+        }
+    )
+    await sqs.create_queue(QueueName=names.events_queue, Attributes={"RedrivePolicy": redrive})

@@ -24,7 +24,7 @@ async def build(context: RuntimeContext) -> Application:
     )
     return Application(
         servicers=[service],
-        readiness_checks=aws.readiness(),
+        readiness_checks=aws.readiness(aws.names.accounts),
         on_shutdown=[aws.close],
         error_domain="accounts.ledger.internal",
     )

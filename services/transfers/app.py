@@ -66,7 +66,7 @@ async def build(context: RuntimeContext) -> Application:
         workers["events-consumer"] = consumer.run_forever
     return Application(
         servicers=[TransfersService(engine, feed, PageTokens(aws.secrets.values), saga_deadline)],
-        readiness_checks=aws.readiness(),
+        readiness_checks=aws.readiness(aws.names.transfers),
         workers=workers,
         on_shutdown=[engine.close, aws.close],
         error_domain="transfers.ledger.internal",
