@@ -47,7 +47,11 @@ async def serve(config: ServerConfig, env: Mapping[str, str]) -> None:
     application = await factory(RuntimeContext(config, EnvReader(env), channels, registry))
     runtime = Runtime(config, application, channels, registry, tracing)
     shutdown = ShutdownSignal()
-    await runtime.start()
+    try:
+        await runtime.start()
+    except StartupError:
+        await runtime.release_application()  # e.g. its AWS clients: exit cleanly
+        raise
     received = await shutdown.wait()
     _log.info("shutdown requested", extra={"signal": received})
     await runtime.stop()

@@ -128,6 +128,14 @@ class Runtime:
             },
         )
 
+    async def release_application(self) -> None:
+        """Runs the application's shutdown hooks, in order; a failing one is logged."""
+        for hook in self.application.on_shutdown:
+            try:
+                await hook()
+            except Exception:
+                _log.exception("shutdown hook failed")
+
     async def stop(self) -> None:
         config = self.config
         _log.info(
@@ -139,11 +147,7 @@ class Runtime:
         for worker in self.workers:
             worker.cancel()
         await asyncio.gather(*self.workers, return_exceptions=True)
-        for hook in self.application.on_shutdown:
-            try:
-                await hook()
-            except Exception:
-                _log.exception("shutdown hook failed")
+        await self.release_application()
         await self.channels.close()
         self.tracing.shutdown()
         await self.health.close()

@@ -11,14 +11,15 @@ from pathlib import Path
 
 import psutil
 
-from tests.support.net import HOST, ROOT, poll, port_open, ready_status
+from tests.support.net import HOST, LOWEST_EPHEMERAL_PORT, ROOT, poll, port_open, ready_status
 
 GRACE_SECONDS = 3.0
 
 
 def _free_block(size: int) -> int:
+    # Below the kernel's ephemeral range (see tests.support.net.free_port).
     for _ in range(50):
-        base = random.randrange(20000, 40000)
+        base = random.randrange(10000, LOWEST_EPHEMERAL_PORT - size)
         if not any(port_open(base + offset) for offset in range(size)):
             return base
     raise AssertionError("no free block of ports")

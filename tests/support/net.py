@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -24,10 +25,28 @@ HOST = "127.0.0.1"
 T = TypeVar("T")
 
 
+def _lowest_ephemeral_port() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+LOWEST_EPHEMERAL_PORT = _lowest_ephemeral_port()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
+    """A port free now, below the kernel's ephemeral range: the port the kernel hands out
+    for `bind(0)` is also where it puts outgoing connections, and a service that opens
+    AWS connections before it binds could find its own port taken by one of them."""
+    while True:
+        port = random.randrange(10000, LOWEST_EPHEMERAL_PORT)
+        with socket.socket() as probe:
+            try:
+                probe.bind((HOST, port))
+            except OSError:
+                continue
+            return port
 
 
 def port_open(port: int) -> bool:
