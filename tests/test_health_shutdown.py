@@ -75,6 +75,44 @@ async def test_failing_readiness_check_shows_on_ready_and_grpc_health(
         assert await health_of(channel) == SERVING
 
 
+async def test_workers_run_while_serving_and_stop_before_shutdown_hooks(
+    start_runtime: StartRuntime, channels: ChannelFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    events: list[str] = []
+    running = asyncio.Event()
+
+    async def consumer() -> None:
+        events.append("started")
+        running.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
+
+    async def broken() -> None:
+        raise RuntimeError("worker bug")
+
+    async def close() -> None:
+        events.append("shutdown hook")
+
+    async def build(context: RuntimeContext) -> Application:
+        return Application(
+            servicers=[echo.EchoService()],
+            workers={"consumer": consumer, "broken": broken},
+            on_shutdown=[close],
+        )
+
+    runtime = await start_runtime(build)
+    await asyncio.wait_for(running.wait(), 5)
+    await asyncio.sleep(0)  # the broken worker has failed by now: logged, nothing else
+    assert "worker stopped" in caplog.text
+    client = EchoServiceClient(channels.connect(f"{HOST}:{runtime.grpc_port}"))
+    assert (await client.echo(pb.EchoRequest(message="still serving"))).message
+    await runtime.stop()
+    assert events == ["started", "cancelled", "shutdown hook"]
+
+
 async def test_sigterm_drains_in_flight_call_after_reporting_not_serving(tmp_path: Path) -> None:
     settings = {"SHUTDOWN_DELAY_SECONDS": "1.0", "SHUTDOWN_GRACE_SECONDS": "10"}
     with running_service("tests.support.echo:build", tmp_path, settings) as service:
