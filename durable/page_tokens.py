@@ -29,14 +29,22 @@ def _unb64(text: str) -> bytes:
 
 
 class PageTokens:
-    def __init__(self, keys: Callable[[], list[bytes]], field: str = "page_token") -> None:
+    """`listing` names what the tokens page through (e.g. `ledger.v1.Accounts/ListAccounts`):
+    it is signed with the position, so a token of one listing is refused by another."""
+
+    def __init__(
+        self, keys: Callable[[], list[bytes]], listing: str, field: str = "page_token"
+    ) -> None:
         self._keys = keys
+        self._listing = listing.encode() + b"\n"
         self.field = field
+
+    def _sign(self, key: bytes, body: bytes) -> bytes:
+        return hmac.new(key, self._listing + body, hashlib.sha256).digest()
 
     def encode(self, last_key: dict[str, Any]) -> str:
         body = json.dumps(last_key, sort_keys=True, separators=(",", ":")).encode()
-        signature = hmac.new(self._keys()[0], body, hashlib.sha256).digest()
-        return f"{_b64(body)}.{_b64(signature)}"
+        return f"{_b64(body)}.{_b64(self._sign(self._keys()[0], body))}"
 
     def decode(self, token: str) -> dict[str, Any]:
         body_part, _, signature_part = token.partition(".")
@@ -44,10 +52,7 @@ class PageTokens:
             body, signature = _unb64(body_part), _unb64(signature_part)
         except (binascii.Error, ValueError):
             raise self._invalid() from None
-        if not any(
-            hmac.compare_digest(hmac.new(key, body, hashlib.sha256).digest(), signature)
-            for key in self._keys()
-        ):
+        if not any(hmac.compare_digest(self._sign(key, body), signature) for key in self._keys()):
             raise self._invalid()
         decoded: dict[str, Any] = json.loads(body)
         return decoded

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import logging
 import time
@@ -56,6 +57,7 @@ from botocore.exceptions import ClientError as AwsClientError
 from prometheus_client import CollectorRegistry, Counter
 
 from durable.dynamo import Index, TableSpec, error_code, from_item, to_item, to_value
+from interceptors.deadline import deadline_var
 from interceptors.retry import RetryPolicy
 
 RUNNING, COMPENSATING, COMPLETED, FAILED = "RUNNING", "COMPENSATING", "COMPLETED", "FAILED"
@@ -376,7 +378,13 @@ class SagaEngine:
             await asyncio.sleep(min(0.05, max(until - time.monotonic(), 0.0)))
 
     def _spawn(self, saga_id: str, leased: Saga | None = None) -> asyncio.Task[Saga]:
-        task = asyncio.create_task(self._drive(saga_id, leased), name=f"saga-{saga_id}")
+        # The saga outlives the call that started it: it keeps that call's trace and
+        # correlation ids, not its deadline (its own is `deadline_ms`).
+        context = contextvars.copy_context()
+        context.run(deadline_var.set, None)
+        task = asyncio.create_task(
+            self._drive(saga_id, leased), name=f"saga-{saga_id}", context=context
+        )
         self._driving[saga_id] = task
 
         def forget(done: asyncio.Task[Saga]) -> None:

@@ -6,9 +6,11 @@ import asyncio
 import functools
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 import pytest
+from botocore.exceptions import ClientError
 from prometheus_client.parser import text_string_to_metric_families
 
 from clients.channel import ChannelFactory
@@ -17,6 +19,7 @@ from ledger.v1 import accounts_pb2, money_pb2, transfers_pb2
 from ledger.v1.accounts_platform import AccountsClient
 from ledger.v1.transfers_platform import TransfersClient
 from services.accounts.app import build as build_accounts
+from services.accounts.table import conflict, contended
 from services.transfers.app import build as build_transfers
 from tests.conftest import StartRuntime
 from tests.support.moto import Moto
@@ -284,3 +287,17 @@ async def test_sagas_and_events_are_counted_on_metrics(ledger: Ledger) -> None:
     assert counted[finished + "FAILED}"] == 1
     assert handled(counted, "processed") == 2  # both events, each once
     assert handled(counted, "failed") == 0
+
+
+def test_dynamodb_transaction_conflicts_are_retried_not_internal() -> None:
+    def cancelled(*codes: str) -> ClientError:
+        response: Any = {
+            "Error": {"Code": "TransactionCanceledException", "Message": "cancelled"},
+            "CancellationReasons": [{"Code": code} for code in codes],
+        }
+        return ClientError(response, "TransactWriteItems")
+
+    assert conflict(cancelled("None", "TransactionConflict"))
+    assert conflict(ClientError({"Error": {"Code": "TransactionInProgressException"}}, "X"))
+    assert not conflict(cancelled("ConditionalCheckFailed", "None"))  # a version change
+    assert contended().transient  # ABORTED with RetryInfo: the caller may retry

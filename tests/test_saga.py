@@ -13,6 +13,7 @@ import pytest
 from clients.aws import AwsClients, AwsSettings
 from durable.dynamo import ensure_tables
 from durable.saga import COMPLETED, FAILED, KeyReused, Saga, SagaEngine, Step, saga_table
+from interceptors.deadline import deadline_var, remaining_budget
 from interceptors.retry import RetryPolicy
 from tests.support.moto import Moto
 
@@ -227,3 +228,34 @@ async def test_an_event_not_published_is_published_by_recovery(
         await asyncio.sleep(0.02)
     assert stored.outbox is None
     assert await saga_engine.recover_once() == 0
+
+
+async def test_a_saga_outlives_the_deadline_of_the_call_that_started_it(
+    dynamodb: tuple[Any, str],
+) -> None:
+    effects, events = Effects(), Events()
+    budgets: list[float | None] = []
+
+    async def slow_step(saga: Saga) -> None:
+        await asyncio.sleep(0.3)  # longer than the starting call had left
+        budgets.append(remaining_budget())
+
+    saga_engine = engine(dynamodb, effects, events)
+    definition = saga_engine.definitions[Definition.kind]
+    definition.steps = (Step("SLOW", slow_step), *definition.steps)
+    saga_id = await start(saga_engine)
+    token = deadline_var.set(time.monotonic() + 0.1)  # as inside a handler about to time out
+    try:
+        pending = await saga_engine.run(saga_id, 0.05)
+    finally:
+        deadline_var.reset(token)
+    assert not pending.finished
+    for _ in range(100):
+        found = await saga_engine.get(saga_id)
+        assert found is not None
+        saga = found
+        if saga.finished:
+            break
+        await asyncio.sleep(0.05)
+    assert saga.status == COMPLETED  # driven on, not starved by the caller's deadline
+    assert budgets == [None]

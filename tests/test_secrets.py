@@ -36,15 +36,18 @@ async def test_rotation_keeps_tokens_valid_and_values_out_of_logs(
     await secretsmanager.create_secret(Name=name, SecretString=FIRST_KEY)
     cache = SecretCache(secretsmanager, name, refresh_seconds=3600)
     await cache.start()
-    tokens = PageTokens(cache.values)
+    tokens = PageTokens(cache.values, "test/List")
     before = tokens.encode({"account_id": {"S": "a"}})
     await secretsmanager.put_secret_value(SecretId=name, SecretString=SECOND_KEY)
     await cache.refresh()
     assert cache.values() == [SECOND_KEY.encode(), FIRST_KEY.encode()]
     assert tokens.decode(before) == {"account_id": {"S": "a"}}  # signed before the rotation
-    assert tokens.encode({"k": 1}) != PageTokens(lambda: [FIRST_KEY.encode()]).encode({"k": 1})
+    old_key = PageTokens(lambda: [FIRST_KEY.encode()], "test/List")
+    assert tokens.encode({"k": 1}) != old_key.encode({"k": 1})
     with pytest.raises(InvalidArgument):
-        PageTokens(lambda: [b"someone else's key"]).decode(before)
+        PageTokens(lambda: [b"someone else's key"], "test/List").decode(before)
+    with pytest.raises(InvalidArgument):  # same key, another listing
+        PageTokens(cache.values, "test/OtherList").decode(before)
 
     caplog.set_level(logging.DEBUG)
     await secretsmanager.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True)

@@ -20,7 +20,7 @@ async def build(context: RuntimeContext) -> Application:
     service = AccountsService(
         AccountsTable(aws.dynamodb, aws.names.accounts),
         DynamoIdempotencyStore(aws.dynamodb, aws.names.idempotency),
-        PageTokens(aws.secrets.values),
+        PageTokens(aws.secrets.values, "ledger.v1.Accounts/ListAccounts"),
     )
     return Application(
         servicers=[service],

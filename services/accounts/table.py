@@ -20,7 +20,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError as AwsClientError
 
-from durable.dynamo import cancellation_codes, from_item, to_item
+from durable.dynamo import cancellation_codes, error_code, from_item, to_item
 from interceptors.errors import Aborted, NotFound
 from ledger.v1 import accounts_pb2 as pb
 
@@ -58,6 +58,21 @@ def item_of(account: pb.Account, version: int) -> dict[str, Any]:
     )
 
 
+def conflict(error: BaseException) -> bool:
+    """DynamoDB refused a transaction for a concurrent one on the same items: retry it."""
+    return "TransactionConflict" in cancellation_codes(error) or (
+        error_code(error) == "TransactionInProgressException"
+    )
+
+
+def contended() -> Aborted:
+    return Aborted(
+        "the account is changing too often, try again",
+        reason="ACCOUNT_CONTENDED",
+        retry_after=0.1,
+    )
+
+
 def not_found(account_id: str) -> NotFound:
     return NotFound(
         "account not found",
@@ -89,7 +104,12 @@ class AccountsTable:
                 "ConditionExpression": "attribute_not_exists(account_id)",
             }
         }
-        await self._transact([put, also], token=account.account_id)
+        try:
+            await self._transact([put, also], token=account.account_id)
+        except AwsClientError as error:
+            if conflict(error):
+                raise contended() from None
+            raise
 
     async def change(
         self,
@@ -118,13 +138,9 @@ class AccountsTable:
                 return account
             except AwsClientError as error:
                 codes = cancellation_codes(error)
-                if not codes or codes[0] != "ConditionalCheckFailed":
+                if not (codes and codes[0] == "ConditionalCheckFailed") and not conflict(error):
                     raise
-        raise Aborted(
-            "the account is changing too often, try again",
-            reason="ACCOUNT_CONTENDED",
-            retry_after=0.1,
-        )
+        raise contended()
 
     async def _transact(self, items: list[dict[str, Any]], token: str) -> None:
         try:

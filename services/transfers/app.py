@@ -65,7 +65,14 @@ async def build(context: RuntimeContext) -> Application:
         )
         workers["events-consumer"] = consumer.run_forever
     return Application(
-        servicers=[TransfersService(engine, feed, PageTokens(aws.secrets.values), saga_deadline)],
+        servicers=[
+            TransfersService(
+                engine,
+                feed,
+                PageTokens(aws.secrets.values, "ledger.v1.Transfers/ListAccountActivity"),
+                saga_deadline,
+            )
+        ],
         readiness_checks=aws.readiness(aws.names.transfers),
         workers=workers,
         on_shutdown=[engine.close, aws.close],
