@@ -21,7 +21,7 @@
 Records expire after `ttl` (DynamoDB TTL attribute `expires_at`). Anchors:
 Stripe's idempotency keys, AWS Powertools' idempotency utility (in-progress
 records with an expiry). Stores: `DynamoIdempotencyStore` (shared by all pods)
-and `MemoryIdempotencyStore` (one process; unit tests and the in-memory ledger).
+and `MemoryIdempotencyStore` (one process: unit tests, single-process services).
 """
 
 from __future__ import annotations
