@@ -31,13 +31,13 @@ from pathlib import Path
 
 import psutil
 
-from bench.server_bench import OUT, machine
+from bench.server_bench import OUT, machine, process
 from clients.channel import ChannelFactory
 from ledger.v1 import accounts_pb2, money_pb2, transfers_pb2
 from ledger.v1.accounts_platform import AccountsClient
 from ledger.v1.transfers_platform import TransfersClient
 from tests.support.moto import Moto
-from tests.support.net import PYTHON, ROOT, free_port, poll, ready_status, service_env
+from tests.support.net import PYTHON, free_port, ready_status, service_env
 
 ACCOUNTS = int(os.environ.get("BENCH_LEDGER_ACCOUNTS", "20"))
 TRANSFERS = int(os.environ.get("BENCH_LEDGER_TRANSFERS", "400"))
@@ -47,19 +47,13 @@ CONCURRENCY = int(os.environ.get("BENCH_LEDGER_CONCURRENCY", "16"))
 @contextmanager
 def service(name: str, env: dict[str, str], log: Path) -> Iterator[tuple[psutil.Process, str]]:
     grpc_port, admin_port = free_port(), free_port()
-    with log.open("ab") as sink:
-        process = subprocess.Popen(
-            [PYTHON, "-m", "server"],
-            cwd=ROOT,
-            env=service_env(name, grpc_port, admin_port, **env),
-            stderr=sink,
-        )
-    try:
-        poll(lambda: (ready_status(admin_port) or (0,))[0] == 200, 60, f"{name} ready")
-        yield psutil.Process(process.pid), f"127.0.0.1:{grpc_port}"
-    finally:
-        process.terminate()
-        process.wait(30)
+    with process(
+        [PYTHON, "-m", "server"],
+        service_env(name, grpc_port, admin_port, **env),
+        log,
+        lambda: (ready_status(admin_port) or (0,))[0] == 200,
+    ) as started:
+        yield psutil.Process(started.pid), f"127.0.0.1:{grpc_port}"
 
 
 # py-spy names frames by path relative to their sys.path entry: the top package.

@@ -109,12 +109,12 @@ def h2load(port: int, label: str, rps_per_client: float | None = None) -> Run:
 @contextmanager
 def process(
     argv: list[str], env: dict[str, str], log: Path, ready: Callable[[], bool]
-) -> Iterator[None]:
+) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as sink:
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=sink, stderr=sink)
     try:
-        poll(ready, 30, f"{argv} to start")
-        yield
+        poll(ready, 60, f"{argv} to start")
+        yield proc
     finally:
         proc.terminate()
         proc.wait(30)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -58,6 +59,17 @@ def shared_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
     """One moto for the session; each ledger gets its own tables (`Moto.ledger_env`)."""
     os.environ.update(FAKE_CREDENTIALS)  # in-process AWS clients read them from here
     server = Moto(tmp_path_factory.mktemp("moto") / "moto.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def moto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Moto]:
+    """A moto of the test's own, for tests that stop and restart it."""
+    for name, value in FAKE_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    server = Moto(tmp_path / "moto.log")
     server.start()
     yield server
     server.stop()

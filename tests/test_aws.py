@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -17,17 +16,7 @@ from interceptors.breaker import BreakerSettings, State
 from interceptors.errors import Unavailable
 from interceptors.retry import RetryPolicy
 from server.config import EnvReader
-from tests.support.moto import FAKE_CREDENTIALS, Moto
-
-
-@pytest.fixture
-def moto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Moto]:
-    for name, value in FAKE_CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
-    server = Moto(tmp_path / "moto.log")
-    server.start()
-    yield server
-    server.stop()
+from tests.support.moto import Moto
 
 
 @pytest.fixture

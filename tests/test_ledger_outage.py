@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -22,20 +21,8 @@ from services.accounts.app import build as build_accounts
 from services.resources import LedgerNames, bootstrap
 from services.transfers.app import build as build_transfers
 from tests.conftest import StartRuntime
-from tests.support.moto import FAKE_CREDENTIALS, Moto
+from tests.support.moto import Moto
 from tests.support.net import HOST, ready_status
-
-
-@pytest.fixture
-async def moto(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Moto]:
-    for name, value in FAKE_CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
-    server = Moto(tmp_path_factory.mktemp("outage") / "moto.log")
-    server.start()
-    yield server
-    server.stop()
 
 
 async def readiness(runtime: Runtime) -> int:

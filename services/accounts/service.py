@@ -140,7 +140,8 @@ class AccountsService(AccountsServicer):
                 update_time=now,
             )
             response = pb.OpenAccountResponse(account=account)
-            await self._table.create(account, self._recording(claim, lambda _: response)(account))
+            answer = Outcome(response=response.SerializeToString())
+            await self._table.create(account, self._records.completion(claim, answer))
             claim.committed = True
             return response
 
