@@ -9,8 +9,6 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import message_factory
-from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -27,6 +25,7 @@ from ledger.v1.accounts_platform import ACCOUNTS_METHODS
 from ledger.v1.transfers_platform import TRANSFERS_METHODS
 from tests.conftest import StartRuntime
 from tests.support import echo
+from tests.support.messages import message_strategy
 from tests.support.moto import Moto
 from tests.support.net import ServiceProcess, running_service
 
@@ -38,75 +37,6 @@ ACCEPTABLE = {
     grpc.StatusCode.ALREADY_EXISTS,
     grpc.StatusCode.ABORTED,
 }
-HOSTILE_TEXT = [
-    "",
-    " ",
-    str(uuid.UUID(int=0)),
-    str(uuid.uuid4()),
-    "' OR 1=1 --",
-    "\x00\x01\x02",
-    "../../etc/passwd",
-    "${jndi:ldap://127.0.0.1/a}",
-    "\u202e\u0000\ud7ff",
-    "A" * 5000,
-    "EUR",
-    "eur",
-    "€",
-    '{"json": true}',
-]
-INT_EDGES = [0, -1, 1, 2**31 - 1, -(2**31), 2**63 - 1, -(2**63), 10**15, 10**15 + 1]
-
-
-def field_strategy(field: Any, depth: int) -> st.SearchStrategy[Any]:
-    if field.type == FieldDescriptor.TYPE_MESSAGE:
-        if depth > 2 or field.message_type.full_name.startswith("google.protobuf"):
-            return st.none()
-        inner = message_strategy(field.message_type, depth + 1)
-        return st.lists(inner, max_size=3) if field.is_repeated else inner
-    if field.type == FieldDescriptor.TYPE_STRING:
-        value: st.SearchStrategy[Any] = st.one_of(
-            st.sampled_from(HOSTILE_TEXT), st.text(max_size=64)
-        )
-    elif field.type == FieldDescriptor.TYPE_ENUM:
-        value = st.integers(-5, 10)
-    elif field.type == FieldDescriptor.TYPE_BOOL:
-        value = st.booleans()
-    elif field.type in (FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32):
-        value = st.integers(-(2**31), 2**31 - 1)
-    elif field.type in (FieldDescriptor.TYPE_UINT32,):
-        value = st.integers(0, 2**32 - 1)
-    elif field.type == FieldDescriptor.TYPE_BYTES:
-        value = st.binary(max_size=64)
-    else:
-        value = st.one_of(st.sampled_from(INT_EDGES), st.integers(-(2**63), 2**63 - 1))
-    return st.lists(value, max_size=3) if field.is_repeated else value
-
-
-def message_strategy(descriptor: Any, depth: int = 0) -> st.SearchStrategy[Message]:
-    cls = message_factory.GetMessageClass(descriptor)
-    fields = {field.name: field_strategy(field, depth) for field in descriptor.fields}
-
-    def build(values: dict[str, Any]) -> Message:
-        message = cls()
-        for name, value in values.items():
-            if value is None:
-                continue
-            field = descriptor.fields_by_name[name]
-            if field.type == FieldDescriptor.TYPE_MESSAGE:
-                target = getattr(message, name)
-                if field.is_repeated:
-                    target.extend(value)
-                else:
-                    target.CopyFrom(value)
-            elif field.is_repeated:
-                getattr(message, name).extend(value)
-            else:
-                setattr(message, name, value)
-        return message
-
-    return st.fixed_dictionaries({}, optional=fields).map(build)
-
-
 REQUEST_TYPES = {
     **{p.full_method: getattr(accounts_pb2, f"{m}Request") for m, p in ACCOUNTS_METHODS.items()},
     **{p.full_method: getattr(transfers_pb2, f"{m}Request") for m, p in TRANSFERS_METHODS.items()},
