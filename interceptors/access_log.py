@@ -37,15 +37,19 @@ class CallLogging(enum.Enum):
     NONE = "NONE"
 
 
-class AccessLogLayer:
+class AccessLog:
+    """Written by the chain when a call ends: always for failures, for successes
+    only when `logs_successes` (the chain skips the call otherwise)."""
+
     def __init__(self, mode: CallLogging, redactor: Redactor) -> None:
         self.mode = mode
         self.redactor = redactor
 
-    def begin(self, call: ServerCall) -> None:
-        return None
+    @property
+    def logs_successes(self) -> bool:
+        return self.mode is CallLogging.ALL
 
-    def end(self, call: ServerCall) -> None:
+    def write(self, call: ServerCall) -> None:
         code = call.code
         if code is grpc.StatusCode.OK:
             if self.mode is not CallLogging.ALL or not _log.isEnabledFor(logging.INFO):
@@ -59,7 +63,7 @@ class AccessLogLayer:
             "grpc_service": call.policy.service,
             "grpc_method": call.policy.method,
             "grpc_code": code.name,
-            "duration_ms": round(call.elapsed * 1000, 3),
+            "duration_ms": round(call.duration * 1000, 3),
             "correlation_id": call.correlation_id,
             "trace_id": call.trace_id,
             "span_id": call.span_id,

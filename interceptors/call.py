@@ -2,9 +2,10 @@
 
 A `Layer` is a pair of synchronous hooks: `begin(call)` before the handler
 (raise a PlatformError to reject the call) and `end(call)` after it, in
-reverse order, with `call.code` and `call.error` set. Synchronous hooks cost
-a function call each, not a coroutine and a task, which keeps the whole chain
-cheap on the hot path; the chain itself (interceptors.chain) owns the awaits.
+reverse order, with `call.code`, `call.error` and `call.duration` set.
+Synchronous hooks cost a function call each, not a coroutine and a task,
+which keeps the whole chain cheap on the hot path; the chain itself
+(interceptors.chain) owns the awaits.
 Layers keep their per-call state on the `ServerCall` (slots below; a service's
 own layers may put a dict in `extras`, None until then: nothing is allocated
 per call for state nobody uses).
@@ -29,6 +30,7 @@ class ServerCall:
         "correlation_token",
         "deadline_expired",
         "deadline_token",
+        "duration",
         "error",
         "extras",
         "local_deadline",
@@ -49,8 +51,9 @@ class ServerCall:
         self.policy = policy
         self.context = context
         self.started = time.perf_counter()
+        self.duration = 0.0  # set once when the call ends, before the layers' end()
         self.metadata: dict[str, str | bytes] = dict(context.invocation_metadata() or ())
-        self.begun = 0  # layers whose begin() completed: exactly those get end()
+        self.begun = 0  # application layers whose begin() completed: exactly those get end()
         self.code = grpc.StatusCode.OK
         self.error: BaseException | None = None
         self.correlation_id = ""

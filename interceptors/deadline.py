@@ -87,6 +87,8 @@ class DeadlineLayer:
         call.deadline_token = deadline_var.set(now + budget)
 
     def end(self, call: ServerCall) -> None:
+        if call.deadline_token is None:
+            return  # rejected in begin: nothing was watched or set
         if call.local_deadline is not None:
             self.watch.unwatch(call)
         deadline_var.reset(call.deadline_token)

@@ -199,6 +199,6 @@ class MetricsLayer:
         stats.in_flight -= 1
         handled = stats.handled
         handled[call.code] = handled.get(call.code, 0) + 1
-        stats.observe(call.elapsed)
+        stats.observe(call.duration)
         stats.received += call.received
         stats.sent += call.sent

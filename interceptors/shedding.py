@@ -8,7 +8,9 @@ its long-term level the limit grows by a small queue allowance
 (never below 0.5 per step, to ride out outliers) and the limit shrinks.
 A call that arrives with `limit` calls already in flight is rejected at once
 with UNAVAILABLE, reason LOAD_SHED and a RetryInfo, having cost almost
-nothing. Departures: one sample per call (Netflix aggregates a window), and
+nothing. As Netflix's `WindowedLimit` does, calls are sampled in windows of
+`window` calls: the window's average latency and its peak concurrency make
+one sample, so the arithmetic runs once per window, not per call. Departure:
 the limit is server-wide, shared by all methods of the process.
 """
 
@@ -32,6 +34,7 @@ class ShedSettings:
     smoothing: float = 0.2
     rtt_tolerance: float = 1.5
     long_window: int = 600
+    window: int = 10  # calls per sample
 
 
 class AdaptiveLimit:
@@ -43,6 +46,9 @@ class AdaptiveLimit:
         self.in_flight = 0
         self.long_rtt = 0.0
         self._samples = 0
+        self._window_calls = 0
+        self._window_rtt = 0.0  # sum over the window
+        self._window_peak = 0  # most calls in flight seen in the window
 
     def try_acquire(self) -> bool:
         if self.in_flight >= int(self.limit):
@@ -52,8 +58,14 @@ class AdaptiveLimit:
 
     def release(self, rtt: float) -> None:
         in_flight = self.in_flight
-        self.in_flight -= 1
-        self.on_sample(rtt, in_flight)
+        self.in_flight = in_flight - 1
+        if in_flight > self._window_peak:
+            self._window_peak = in_flight
+        self._window_rtt += rtt
+        self._window_calls += 1
+        if self._window_calls >= self.settings.window:
+            self.on_sample(self._window_rtt / self._window_calls, self._window_peak)
+            self._window_calls, self._window_rtt, self._window_peak = 0, 0.0, 0
 
     def _average(self, rtt: float) -> float:
         self._samples += 1
@@ -102,4 +114,4 @@ class SheddingLayer:
 
     def end(self, call: ServerCall) -> None:
         if call.shed_slot:
-            self.limiter.release(call.elapsed)
+            self.limiter.release(call.duration)

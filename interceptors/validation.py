@@ -6,8 +6,12 @@ field (path such as `amount.minor_units`; several rules broken by one field
 are joined in its description). Message-level (CEL) rules have no field;
 they are reported under the rule's id. For client streams every inbound
 message is checked as it is read. Bytes that do not decode at all become
-INVALID_ARGUMENT too (`lenient`), not grpc's INTERNAL. Uses protovalidate (Rust core, ~5 us for a
-small valid message).
+INVALID_ARGUMENT too (`lenient`), not grpc's INTERNAL.
+
+protovalidate (Rust core) is the authority. Most requests are valid, and
+for them the chain first asks the type's compiled rules (`fast_path`,
+interceptors.compiled_rules): a few comparisons instead of protovalidate's
+walk, which cost about 14 us per small request under load.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 import protovalidate
 from google.protobuf.message import Message
 
-from interceptors.call import ServerCall
+from interceptors.compiled_rules import Predicate, compile_rules
 from interceptors.errors import FieldViolation, InvalidArgument
 
 
@@ -32,6 +36,11 @@ def _path(violation: Any) -> str:
 class RequestValidator:
     def __init__(self) -> None:
         self._validator = protovalidate.Validator()
+
+    @staticmethod
+    def fast_path(message_class: type[Message]) -> Predicate | None:
+        """True for messages `check` would pass; None when the type is not compiled."""
+        return compile_rules(message_class)
 
     def check(self, message: Message | Undecodable) -> None:
         if isinstance(message, Undecodable):
@@ -73,13 +82,7 @@ def lenient(deserialize: Callable[[bytes], Message]) -> Callable[[bytes], Messag
     return decode
 
 
-class ValidationLayer:
-    def __init__(self, validator: RequestValidator) -> None:
-        self.validator = validator
-
-    def begin(self, call: ServerCall) -> None:
-        if call.request is not None:
-            self.validator.check(call.request)
-
-    def end(self, call: ServerCall) -> None:
-        return None
+def message_class_of(deserialize: Callable[[bytes], Any]) -> type[Message] | None:
+    """The message class whose `FromString` this is (as protoc's grpc code passes), else None."""
+    owner = getattr(deserialize, "__self__", None)
+    return owner if isinstance(owner, type) and issubclass(owner, Message) else None

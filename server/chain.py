@@ -3,15 +3,17 @@
 For every method of every servicer, the layers run in this order (`begin`
 top to bottom before the handler, `end` bottom to top after it):
 
-1. correlation   - correlation id from the caller or new; echoed in trailers
-2. tracing       - server span, W3C trace context and baggage made current
+1. metrics       - go-grpc-prometheus counters, histogram, in-flight gauge
+2. correlation   - correlation id from the caller or new; echoed in trailers
+3. tracing       - server span, W3C trace context and baggage made current
                    (no exporter: only the caller's context, no span)
-3. metrics       - go-grpc-prometheus counters, histogram, in-flight gauge
-4. access log    - one JSON line per call (written at `end`, so it sees the code)
+4. access log    - a JSON line per failed call, or per call (written at `end`,
+                   so it sees the code)
 5. deadline      - contract default when none, clamp, reject expired, budget var
 6. rate limit    - token bucket per method and caller (when configured)
 7. shedding      - adaptive concurrency limit (when enabled)
-8. validation    - protovalidate rules of the contract
+8. validation    - protovalidate rules of the contract (compiled fast path
+                   for valid requests, interceptors.compiled_rules)
 9. the application's own layers (`Application.interceptors`): they see only
    calls that passed everything above, with valid requests
 then the handler. Errors from any of them, or from the handler, are mapped
@@ -30,9 +32,9 @@ from collections.abc import Sequence
 from opentelemetry.trace import Tracer
 from prometheus_client import CollectorRegistry
 
-from interceptors.access_log import AccessLogLayer, CallLogging
+from interceptors.access_log import AccessLog, CallLogging
 from interceptors.call import Layer
-from interceptors.chain import ServerChain
+from interceptors.chain import ServerChain, Steps
 from interceptors.correlation import CorrelationLayer
 from interceptors.deadline import DeadlineLayer
 from interceptors.errors import ErrorMapper
@@ -42,7 +44,7 @@ from interceptors.ratelimit import RateLimitLayer
 from interceptors.redaction import Redactor
 from interceptors.shedding import AdaptiveLimit, SheddingLayer, ShedSettings
 from interceptors.tracing import PropagationLayer, TracingLayer
-from interceptors.validation import RequestValidator, ValidationLayer
+from interceptors.validation import RequestValidator
 from server.config import ServerConfig
 
 
@@ -57,10 +59,8 @@ def build_server_chain(
     metrics = RpcMetrics(registry, "server")
     correlation = CorrelationLayer()
     propagation = PropagationLayer()
-    access_log = AccessLogLayer(CallLogging(config.log_calls), Redactor(config.log_redact_fields))
+    access_log = AccessLog(CallLogging(config.log_calls), Redactor(config.log_redact_fields))
     deadline = DeadlineLayer(config.max_deadline)
-    validator = RequestValidator()
-    validation = ValidationLayer(validator)
     limiter = AdaptiveLimit(
         ShedSettings(
             initial_limit=config.shed_initial_limit,
@@ -70,22 +70,18 @@ def build_server_chain(
     )
     metrics.concurrency_limit = lambda: limiter.limit
 
-    def layers_for(policy: MethodPolicy) -> list[Layer]:
+    def steps_for(policy: MethodPolicy) -> Steps:
         stats = metrics.for_method(policy)
-        layers: list[Layer] = [
-            correlation,
-            propagation if tracer is None else TracingLayer(tracer, policy),
-            MetricsLayer(stats),
-            access_log,
-            deadline,
-        ]
         rate = config.rate_for(policy.full_method)
-        if rate is not None:
-            layers.append(RateLimitLayer(rate, stats))
-        if config.shed_enabled:
-            layers.append(SheddingLayer(limiter, stats))
-        layers.append(validation)
-        layers.extend(application_layers)
-        return layers
+        return Steps(
+            metrics=MetricsLayer(stats),
+            correlation=correlation,
+            tracing=propagation if tracer is None else TracingLayer(tracer, policy),
+            access_log=access_log,
+            deadline=deadline,
+            rate_limit=None if rate is None else RateLimitLayer(rate, stats),
+            shedding=SheddingLayer(limiter, stats) if config.shed_enabled else None,
+            application=application_layers,
+        )
 
-    return ServerChain(layers_for, validator, errors, error_domain)
+    return ServerChain(steps_for, RequestValidator(), errors, error_domain)
