@@ -52,7 +52,7 @@ class AccessLog:
     def write(self, call: ServerCall) -> None:
         code = call.code
         if code is grpc.StatusCode.OK:
-            if self.mode is not CallLogging.ALL or not _log.isEnabledFor(logging.INFO):
+            if not self.logs_successes or not _log.isEnabledFor(logging.INFO):
                 return
             level = logging.INFO
         elif self.mode is CallLogging.NONE:

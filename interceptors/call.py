@@ -75,10 +75,6 @@ class ServerCall:
         value = self.metadata.get(key)
         return value if isinstance(value, str) else None
 
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
-
 
 class Layer(Protocol):
     def begin(self, call: ServerCall) -> None: ...

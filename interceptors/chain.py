@@ -146,8 +146,14 @@ class MethodChain:
             if self.rate_limit is not None:
                 self.rate_limit.end(call)
             self.deadline.end(call)
-            if call.code is not _OK or self.log_successes:
+        except Exception:
+            _log.exception("chain layer failed at end of call")
+        if call.code is not _OK or self.log_successes:
+            try:  # formats the caller's request: must not keep the ends below from running
                 self.access_log.write(call)
+            except Exception:
+                _log.exception("access log failed at end of call")
+        try:
             self.tracing.end(call)
             self.correlation.end(call)
             self.metrics.end(call)

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from clients.channel import ChannelFactory
 from grpcplatform.testing.v1 import echo_pb2 as pb
 from grpcplatform.testing.v1.echo_platform import EchoServiceClient
+from interceptors.access_log import AccessLog
 from tests.conftest import StartRuntime
 from tests.support import echo
 from tests.support.net import HOST, http_get
@@ -77,3 +78,22 @@ async def test_counters_match_a_known_mix_of_calls(
     # No Python-style code names: dashboards built for go-grpc-prometheus keep working.
     codes = {dict(labels).get("grpc_code") for (name, labels) in samples if "handled" in name}
     assert "INVALID_ARGUMENT" not in codes
+
+
+async def test_a_failing_access_log_still_counts_the_call(
+    start_runtime: StartRuntime, channels: ChannelFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_write(self: AccessLog, call: Any) -> None:
+        raise RuntimeError("log sink broken")
+
+    monkeypatch.setattr(AccessLog, "write", broken_write)
+    runtime = await start_runtime(echo.build)
+    client = EchoServiceClient(channels.connect(f"127.0.0.1:{runtime.grpc_port}"))
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await client.echo(pb.EchoRequest(message="fail:notfound"))
+    assert failed.value.code() is grpc.StatusCode.NOT_FOUND
+    samples = await asyncio.to_thread(scrape, runtime.admin.port)
+    unary = {"grpc_type": "unary", "grpc_service": SERVICE, "grpc_method": "Echo"}
+    assert value(samples, "grpc_server_handled_total", **unary, grpc_code="NotFound") == 1
+    in_flight = {"grpc_service": SERVICE, "grpc_method": "Echo"}
+    assert value(samples, "platform_server_in_flight", **in_flight) == 0
