@@ -22,6 +22,15 @@ multiply; `ResilientAwsClient` wraps it:
   AWS client error (e.g. ConditionalCheckFailedException) proves the service
   answered: it counts as a success and is raised unchanged for the caller to
   handle.
+- A long poll (`WaitTimeSeconds`, SQS `receive_message`) waits by design:
+  only time past its wait counts as a slow call. Otherwise an empty queue's
+  poll would be "slow", and as the half-open probe it would re-open the
+  breaker that the consumer shares with the publisher, again and again.
+
+Breaker state changes are logged like a gRPC dependency's
+(clients.resilience), and `AwsBreakerStates` exports them as
+`platform_aws_breaker_state{breaker="aws:<service>"}` (0 closed, 1 open,
+2 half-open).
 
 Local runs and tests point `endpoint_url` at moto in server mode: the same
 code path as production, where it is None.
@@ -32,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +50,11 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
+from clients.resilience import log_state_change
 from clients.settings import ClientSettings, Reader
 from interceptors.breaker import BreakerSettings, CircuitBreaker, State
 from interceptors.bulkhead import Bulkhead, BulkheadSettings
@@ -214,7 +227,12 @@ class ResilientAwsClient:
             raise
         finally:
             if breaker is not None:
-                breaker.record(code, time.perf_counter() - started)
+                patience = float(params.get("WaitTimeSeconds", 0))
+                breaker.record(
+                    code,
+                    time.perf_counter() - started,
+                    slow_after=patience + breaker.settings.slow_call_seconds,
+                )
             self.bulkhead.release()
 
 
@@ -225,7 +243,7 @@ class AwsClients:
         self,
         settings: AwsSettings,
         budget: RetryBudget | None = None,
-        on_change: Callable[[str, State, State], None] = lambda name, old, new: None,
+        on_change: Callable[[str, State, State], None] = log_state_change,
     ) -> None:
         self.settings = settings
         self.budget = budget or RetryBudget()
@@ -256,6 +274,32 @@ class AwsClients:
             self._clients[service] = wrapped
         return wrapped
 
+    def breaker_states(self) -> list[tuple[str, int]]:
+        return [
+            (client.breaker.name, client.breaker.state.value)
+            for client in self._clients.values()
+            if client.breaker is not None
+        ]
+
     async def close(self) -> None:
         self._clients.clear()
         await self._stack.aclose()
+
+
+class AwsBreakerStates(Collector):
+    """`platform_aws_breaker_state` over the breakers of some `AwsClients`."""
+
+    def __init__(self, registry: CollectorRegistry, *clients: AwsClients) -> None:
+        self.clients = clients
+        registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        states = GaugeMetricFamily(
+            "platform_aws_breaker_state",
+            "AWS circuit breaker state: 0 closed, 1 open, 2 half-open.",
+            labels=["breaker"],
+        )
+        for clients in self.clients:
+            for name, state in clients.breaker_states():
+                states.add_metric([name], state)
+        yield states

@@ -27,7 +27,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError as AwsClientError
 
-from clients.aws import AwsClients, AwsSettings, ResilientAwsClient
+from clients.aws import AwsBreakerStates, AwsClients, AwsSettings, ResilientAwsClient
 from clients.secrets import SecretCache
 from durable.dynamo import TableSpec, ensure_tables
 from durable.saga import saga_table
@@ -96,6 +96,7 @@ class LedgerAws:
                 default_timeout=self.wait_seconds + polling.default_timeout,
             )
         )
+        AwsBreakerStates(context.registry, self.clients, self.queue_clients)
         self._dynamodb: ResilientAwsClient | None = None
         self._secrets: SecretCache | None = None
 

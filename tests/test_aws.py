@@ -97,6 +97,44 @@ async def test_breaker_opens_and_closes_and_unsafe_calls_are_sent_once(
     await dynamodb.put_item(TableName="items", Item={"pk": {"S": "c"}})
 
 
+async def test_a_long_poll_on_an_empty_queue_closes_a_half_open_breaker(moto: Moto) -> None:
+    """After an outage the SQS breaker's probe is often the consumer's long poll: an empty
+    queue answering after its wait is a success, not a slow call that re-opens the breaker
+    (and starves the publisher sharing it)."""
+    clients = AwsClients(
+        AwsSettings(
+            endpoint_url=moto.url,
+            connect_timeout=0.3,
+            read_timeout=3.0,
+            default_timeout=3.0,
+            retry=RetryPolicy(max_attempts=1),
+            breaker=BreakerSettings(
+                minimum_calls=2, open_seconds=0.3, half_open_probes=1, slow_call_seconds=0.5
+            ),
+        )
+    )
+    try:
+        sqs = await clients.client("sqs")
+        url = (await sqs.create_queue(QueueName="quiet"))["QueueUrl"]
+        moto.stop()
+        while state_of(sqs) is not State.OPEN:
+            with pytest.raises(Unavailable):
+                await sqs.get_queue_attributes(QueueUrl=url)
+        moto.start()
+        await sqs.raw.create_queue(QueueName="quiet")  # moto came back empty
+        breaker = sqs.breaker
+        assert breaker is not None
+        await asyncio.sleep(breaker.retry_after())
+
+        started = time.monotonic()
+        answer = await sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1)
+        assert answer.get("Messages", []) == []
+        assert time.monotonic() - started >= 0.9  # it waited: longer than slow_call_seconds
+        assert state_of(sqs) is State.CLOSED
+    finally:
+        await clients.close()
+
+
 async def test_aws_client_errors_pass_through_and_do_not_open_the_breaker(
     aws: AwsClients,
 ) -> None:

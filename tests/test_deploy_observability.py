@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from clients.aws import AwsBreakerStates, AwsClients, AwsSettings
 from clients.chain import ClientChain
 from clients.channel import ChannelFactory
 from grpcplatform.testing.v1 import echo_pb2 as pb
@@ -49,14 +50,21 @@ def adapter_rules() -> list[dict[str, Any]]:
 
 
 async def exported_series(start_runtime: StartRuntime) -> set[str]:
-    """Every series name on a real /metrics, with a client chain on the same registry."""
+    """Every series name on a real /metrics, with a client chain and AWS clients (opened,
+    never called) on the same registry."""
     runtime = await start_runtime(echo.build)
     chain = ClientChain(metrics=RpcMetrics(runtime.registry, "client"))
     client = EchoServiceClient(
         ChannelFactory(chain=chain).connect(f"127.0.0.1:{runtime.grpc_port}")
     )
     await client.echo(pb.EchoRequest(message="x"))
-    _, body = await asyncio.to_thread(http_get, f"http://{HOST}:{runtime.admin.port}/metrics")
+    aws = AwsClients(AwsSettings(endpoint_url=f"http://{HOST}:9"))
+    AwsBreakerStates(runtime.registry, aws)
+    await aws.client("sqs")
+    try:
+        _, body = await asyncio.to_thread(http_get, f"http://{HOST}:{runtime.admin.port}/metrics")
+    finally:
+        await aws.close()
     names: set[str] = set()
     for family in text_string_to_metric_families(body.decode()):
         names.add(family.name)
@@ -87,6 +95,7 @@ def test_alerts_cover_errors_latency_breakers_and_saturation() -> None:
     assert "[1h]" in alerts["GrpcLatencySLOBurnRateHigh"]
     assert "[5m]" in alerts["GrpcLatencySLOBurnRateHigh"]
     assert "platform_client_breaker_state" in alerts["CircuitBreakerOpen"]
+    assert "platform_aws_breaker_state" in alerts["CircuitBreakerOpen"]
     assert "platform_server_concurrency_limit" in alerts["GrpcServerSaturated"]
 
 

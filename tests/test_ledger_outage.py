@@ -22,7 +22,7 @@ from services.resources import LedgerNames, bootstrap
 from services.transfers.app import build as build_transfers
 from tests.conftest import StartRuntime
 from tests.support.moto import Moto
-from tests.support.net import HOST, ready_status
+from tests.support.net import HOST, http_get, ready_status
 
 
 async def readiness(runtime: Runtime) -> int:
@@ -35,6 +35,19 @@ async def until_ready_is(runtime: Runtime, status: int, timeout: float) -> None:
     while await readiness(runtime) != status:
         assert time.monotonic() < deadline, f"/ready never answered {status}"
         await asyncio.sleep(0.1)
+
+
+async def until_sqs_breaker_closes(runtime: Runtime, timeout: float) -> None:
+    """Until the next transfer only the events consumer's long polls call SQS: they are the
+    half-open probes, and an empty queue's answer must close the breaker, not re-open it."""
+    closed = b'platform_aws_breaker_state{breaker="aws:sqs"} 0.0'
+    deadline = time.monotonic() + timeout
+    while True:
+        _, body = await asyncio.to_thread(http_get, f"http://{HOST}:{runtime.admin.port}/metrics")
+        if closed in body:
+            return
+        assert time.monotonic() < deadline, "the SQS breaker never closed"
+        await asyncio.sleep(0.2)
 
 
 def eur(minor_units: int) -> money_pb2.Money:
@@ -100,6 +113,8 @@ async def test_an_outage_fails_fast_and_recovers_without_a_restart(
     env = moto.ledger_env(
         CLIENT_AWS_DYNAMODB_BREAKER_OPEN_SECONDS="0.5",
         CLIENT_AWS_SQS_BREAKER_OPEN_SECONDS="0.5",
+        CLIENT_AWS_SQS_BREAKER_MINIMUM_CALLS="3",  # the consumer alone opens it
+        EVENTS_WAIT_SECONDS="2",  # an empty queue's poll outlasts the 1 s slow-call threshold
     )
     accounts_runtime = await start_runtime(build_accounts, **env)
     target = f"{HOST}:{accounts_runtime.grpc_port}"
@@ -136,6 +151,7 @@ async def test_an_outage_fails_fast_and_recovers_without_a_restart(
     await clients.close()
     for runtime in (accounts_runtime, transfers_runtime):
         await until_ready_is(runtime, 200, timeout=15)
+    await until_sqs_breaker_closes(transfers_runtime, timeout=60)
     # Everything works again, the events consumer included, with no process restarted.
     transfer_id, destination = await a_transfer(accounts, transfers)
     await until_in_feed(transfers, transfer_id, destination)
