@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 from typing import Any
 
 import grpc
@@ -22,6 +24,7 @@ from interceptors.correlation import HEADER
 from interceptors.tracing import PropagationLayer
 from tests.conftest import StartRuntime
 from tests.support import echo
+from tests.support.net import PYTHON, ROOT
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
@@ -48,6 +51,37 @@ async def test_correlation_id_is_taken_echoed_or_made(client: EchoServiceClient)
     made = await correlation_of(client, ())
     assert re.fullmatch(r"[0-9a-f]{32}", made)
     assert made != await correlation_of(client, ())
+
+
+FORKING_WORKERS = """
+import json, os
+from interceptors.correlation import new_correlation_id
+
+made = [new_correlation_id()]
+readers = []
+for _ in range(3):  # a pre-fork server's workers
+    reader, writer = os.pipe()
+    if os.fork() == 0:
+        os.write(writer, json.dumps([new_correlation_id() for _ in range(3)]).encode())
+        os._exit(0)
+    os.close(writer)
+    readers.append(reader)
+for reader in readers:
+    made += json.loads(os.read(reader, 4096))
+    os.wait()
+made.append(new_correlation_id())
+print(json.dumps(made))
+"""
+
+
+def test_forked_workers_never_share_correlation_ids() -> None:
+    done = subprocess.run(
+        [PYTHON, "-c", FORKING_WORKERS], cwd=ROOT, capture_output=True, check=True, timeout=60
+    )
+    made = json.loads(done.stdout)
+    assert len(made) == 11
+    assert all(re.fullmatch(r"[0-9a-f]{32}", made_id) for made_id in made)
+    assert len(set(made)) == len(made)
 
 
 @pytest.mark.parametrize("hostile", ["a" * 500, "x;y=1", "id with spaces", "<script>", "%0a%0d"])
