@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -12,7 +13,7 @@ from clients.channel import ChannelFactory
 from grpcplatform.testing.v1 import echo_pb2 as pb
 from grpcplatform.testing.v1.echo_platform import ECHO_SERVICE_METHODS, EchoServiceClient
 from interceptors.call import ServerCall
-from interceptors.deadline import DeadlineLayer, remaining_budget
+from interceptors.deadline import DeadlineLayer, DeadlineWatch, remaining_budget
 from interceptors.errors import DeadlineExceeded
 from server.runtime import Runtime
 from tests.conftest import StartRuntime
@@ -105,3 +106,30 @@ def test_budget_is_set_only_inside_a_call() -> None:
     assert call.local_deadline is None  # gRPC enforces the caller's own deadline
     layer.end(call)
     assert remaining_budget() is None
+
+
+async def test_the_watch_cancels_overdue_calls_only_and_lets_go_of_ended_ones() -> None:
+    watch = DeadlineWatch(resolution=0.01)
+    layer = DeadlineLayer(max_deadline=0.1, watch=watch)  # below Echo's 5 s default
+
+    async def handle(work_seconds: float) -> ServerCall:
+        call = ServerCall(ECHO_SERVICE_METHODS["Echo"], _Context(None))  # type: ignore[arg-type]
+        layer.begin(call)
+        try:
+            await asyncio.sleep(work_seconds)
+        finally:
+            layer.end(call)
+        return call
+
+    quick = [asyncio.create_task(handle(0.01)) for _ in range(50)]
+    overdue = asyncio.create_task(handle(10))
+    await asyncio.sleep(0)
+    assert watch.watching == 51
+    for call in await asyncio.gather(*quick):
+        assert not call.deadline_expired
+    started = time.monotonic()
+    with pytest.raises(asyncio.CancelledError):
+        await overdue
+    assert time.monotonic() - started < 1.0
+    await asyncio.sleep(0.05)
+    assert watch.watching == 0
