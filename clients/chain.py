@@ -165,7 +165,7 @@ class ClientChain:
         if stats is None:
             return
         stats.in_flight -= 1
-        stats.handled[code] = stats.handled.get(code, 0) + 1
+        stats.count_handled(code)
         stats.observe(time.perf_counter() - started)
         stats.received += received
 
