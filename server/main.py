@@ -4,12 +4,20 @@ Reads and validates all configuration, then builds the application through
 its factory, and only then binds ports, so a bad setting exits 2 with one
 line naming the variable and nothing starts half-way. Runs until SIGTERM or
 SIGINT, drains (server.shutdown) and exits 0.
+
+Once serving, the start-up heap (modules, descriptors, compiled rules:
+hundreds of thousands of objects that live as long as the process) is moved
+out of the garbage collector's reach with `gc.freeze()`, as Instagram did
+for its pre-fork servers and the `gc` documentation recommends. A full
+collection otherwise walks all of it, a pause of tens of milliseconds that
+showed up in the chain's p99 under load (`make bench`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -52,6 +60,8 @@ async def serve(config: ServerConfig, env: Mapping[str, str]) -> None:
     except StartupError:
         await runtime.release_application()  # e.g. its AWS clients: exit cleanly
         raise
+    gc.collect()  # what start-up left behind is freed, not frozen
+    gc.freeze()
     received = await shutdown.wait()
     _log.info("shutdown requested", extra={"signal": received})
     await runtime.stop()
