@@ -51,7 +51,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from clients.resilience import log_state_change
@@ -60,6 +60,7 @@ from interceptors.breaker import BreakerSettings, CircuitBreaker, State
 from interceptors.bulkhead import Bulkhead, BulkheadSettings
 from interceptors.deadline import remaining_budget
 from interceptors.errors import ResourceExhausted, Unavailable
+from interceptors.metrics import breaker_state_family
 from interceptors.retry import RetryBudget, RetryPolicy
 
 SAFE_PREFIXES = ("get_", "batch_get_", "describe_", "list_", "query", "scan", "receive_message")
@@ -294,12 +295,7 @@ class AwsBreakerStates(Collector):
         registry.register(self)
 
     def collect(self) -> Iterator[Metric]:
-        states = GaugeMetricFamily(
+        yield breaker_state_family(
             "platform_aws_breaker_state",
-            "AWS circuit breaker state: 0 closed, 1 open, 2 half-open.",
-            labels=["breaker"],
+            (state for clients in self.clients for state in clients.breaker_states()),
         )
-        for clients in self.clients:
-            for name, state in clients.breaker_states():
-                states.add_metric([name], state)
-        yield states

@@ -23,7 +23,7 @@ of them per RPC were a measurable share of the chain's cost (`make bench`).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import grpc
 from prometheus_client import CollectorRegistry
@@ -177,20 +177,23 @@ class RpcMetrics(Collector):
                     rejected.add_metric([*stats.labels[1:], reason], count)
             yield rejected
         if self.breaker_states is not None:
-            states = GaugeMetricFamily(
-                "platform_client_breaker_state",
-                "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
-                labels=["breaker"],
-            )
-            for name, state in self.breaker_states():
-                states.add_metric([name], state)
-            yield states
+            yield breaker_state_family("platform_client_breaker_state", self.breaker_states())
         if self.concurrency_limit is not None:
             yield GaugeMetricFamily(
                 "platform_server_concurrency_limit",
                 "Current adaptive concurrency limit of the load shedder.",
                 value=self.concurrency_limit(),
             )
+
+
+def breaker_state_family(name: str, states: Iterable[tuple[str, int]]) -> GaugeMetricFamily:
+    """A gauge of circuit breakers by name (`breaker` label), as `State` values."""
+    family = GaugeMetricFamily(
+        name, "Circuit breaker state: 0 closed, 1 open, 2 half-open.", labels=["breaker"]
+    )
+    for breaker, state in states:
+        family.add_metric([breaker], state)
+    return family
 
 
 def _bound(bound: float) -> str:
