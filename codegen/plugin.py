@@ -8,12 +8,12 @@ beside the message module, holding per service:
 - `<Service>Servicer`: an async server base with typed, snake_case methods;
   `rpc_method_handlers()` returns only the methods a subclass overrides (the
   others answer UNIMPLEMENTED from gRPC itself), and the runtime wraps each
-  in the server chain before registering it;
+  in the server chain and serves it from its method table (server.dispatch);
 - `<Service>Client`: a typed async client whose calls go through the
   platform's client chain (`clients.invoker.Invoker`).
 
-Anchors: grpcio's own `_pb2_grpc` generator (names, registration through
-`add_registered_method_handlers`) and connect-python's typed clients. The
+Anchors: grpcio's own `_pb2_grpc` generator (names, the handler map it
+registers) and connect-python's typed clients. The
 plugin reads our custom option from the request's own descriptors, so it never
 imports code generated from the contracts it is generating.
 """

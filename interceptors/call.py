@@ -14,11 +14,15 @@ per call for state nobody uses).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import grpc
 
 from interceptors.policy import MethodPolicy
+
+# A call's invocation metadata as grpc hands it over: (key, value) pairs.
+Metadata = Sequence[tuple[str, str | bytes]]
 
 
 class ServerCall:
@@ -47,12 +51,17 @@ class ServerCall:
         "trace_id",
     )
 
-    def __init__(self, policy: MethodPolicy, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    def __init__(
+        self,
+        policy: MethodPolicy,
+        context: grpc.aio.ServicerContext[Any, Any],
+        metadata: Metadata,
+    ) -> None:
         self.policy = policy
         self.context = context
         self.started = time.perf_counter()
         self.duration = 0.0  # set once when the call ends, before the layers' end()
-        self.metadata: dict[str, str | bytes] = dict(context.invocation_metadata() or ())
+        self.metadata: dict[str, str | bytes] = dict(metadata)
         self.begun = 0  # application layers whose begin() completed: exactly those get end()
         self.code = grpc.StatusCode.OK
         self.error: BaseException | None = None

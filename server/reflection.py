@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, cast
 
-import grpc
 from google.protobuf import descriptor, descriptor_pool
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha._async import ReflectionServicer  # what `reflection.aio` names
+
+from server.dispatch import MethodTable
 
 SERVICE_NAME: str = reflection.SERVICE_NAME
 
@@ -33,6 +35,7 @@ class MethodAwarePool:
         return getattr(self._pool, name)
 
 
-def enable_reflection(service_names: Sequence[str], server: grpc.aio.Server) -> None:
+def enable_reflection(service_names: Sequence[str], table: MethodTable) -> None:
     pool = cast(descriptor_pool.DescriptorPool, MethodAwarePool())  # duck-typed delegate
-    reflection.enable_server_reflection([*service_names, SERVICE_NAME], server, pool=pool)
+    servicer = ReflectionServicer([*service_names, SERVICE_NAME], pool=pool)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, table)

@@ -1,9 +1,10 @@
 """Assembles and runs one service process: gRPC server, health, reflection, admin.
 
 `Runtime.start()` binds the gRPC listener with the configured options
-(message sizes, keepalive, `max_connection_age` for L4 load balancers),
-registers the application's servicers, the standard health service and
-server reflection (so `grpcurl list/describe` needs no proto files), then
+(message sizes, keepalive, `max_connection_age` for L4 load balancers) and
+serves, through one `MethodTable` (server.dispatch), the application's
+servicers behind the chain, the standard health service and server
+reflection (so `grpcurl list/describe` needs no proto files); then it
 starts the admin HTTP port. `Runtime.stop()` is the drain of server.shutdown.
 """
 
@@ -23,6 +24,7 @@ from server.admin import AdminServer
 from server.application import Application
 from server.chain import build_server_chain
 from server.config import ServerConfig
+from server.dispatch import MethodTable
 from server.health import HealthState
 from server.reflection import enable_reflection
 from server.tracing import exporting, tracer_provider
@@ -73,20 +75,22 @@ class Runtime:
             application.errors,
             application.interceptors,
         )
-        self.server = grpc.aio.server(options=config.grpc_options())
+        table = MethodTable()
         for servicer in application.servicers:
             methods = servicer.METHODS
-            handlers = {
-                name: self.chain.wrap(handler, methods[name])
-                for name, handler in servicer.rpc_method_handlers().items()
-            }
-            # Registered handlers skip the generic lookup per call; the type stubs lack them.
-            self.server.add_registered_method_handlers(  # type: ignore[attr-defined]
-                servicer.SERVICE_NAME, handlers
+            table.add(
+                servicer.SERVICE_NAME,
+                {
+                    name: self.chain.wrap(handler, methods[name])
+                    for name, handler in servicer.rpc_method_handlers().items()
+                },
             )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, table)
         health_service = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-        enable_reflection([*names, health_service], self.server)
+        enable_reflection([*names, health_service], table)
+        self.methods = table
+        # One generic handler for every method, none registered (server.dispatch says why).
+        self.server = grpc.aio.server(handlers=[table], options=config.grpc_options())
         self.grpc_port = 0
         self.workers: list[asyncio.Task[None]] = []
 

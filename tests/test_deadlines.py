@@ -84,13 +84,10 @@ class _Context:
     def time_remaining(self) -> float | None:
         return self.remaining
 
-    def invocation_metadata(self) -> tuple[()]:
-        return ()
-
 
 def test_expired_call_is_rejected_before_the_handler() -> None:
     layer = DeadlineLayer(max_deadline=60)
-    call = ServerCall(ECHO_SERVICE_METHODS["Echo"], _Context(-0.01))  # type: ignore[arg-type]
+    call = ServerCall(ECHO_SERVICE_METHODS["Echo"], _Context(-0.01), ())  # type: ignore[arg-type]
     with pytest.raises(DeadlineExceeded):
         layer.begin(call)
 
@@ -98,7 +95,7 @@ def test_expired_call_is_rejected_before_the_handler() -> None:
 def test_budget_is_set_only_inside_a_call() -> None:
     assert remaining_budget() is None
     layer = DeadlineLayer(max_deadline=60)
-    call = ServerCall(ECHO_SERVICE_METHODS["Echo"], _Context(2.0))  # type: ignore[arg-type]
+    call = ServerCall(ECHO_SERVICE_METHODS["Echo"], _Context(2.0), ())  # type: ignore[arg-type]
     layer.begin(call)
     budget = remaining_budget()
     assert budget is not None
@@ -113,7 +110,7 @@ async def test_the_watch_cancels_overdue_calls_only_and_lets_go_of_ended_ones() 
     layer = DeadlineLayer(max_deadline=0.1, watch=watch)  # below Echo's 5 s default
 
     async def handle(work_seconds: float) -> ServerCall:
-        call = ServerCall(ECHO_SERVICE_METHODS["Echo"], _Context(None))  # type: ignore[arg-type]
+        call = ServerCall(ECHO_SERVICE_METHODS["Echo"], _Context(None), ())  # type: ignore[arg-type]
         layer.begin(call)
         try:
             await asyncio.sleep(work_seconds)
