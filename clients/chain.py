@@ -164,10 +164,7 @@ class ClientChain:
     ) -> None:
         if stats is None:
             return
-        stats.in_flight -= 1
-        stats.count_handled(code)
-        stats.observe(time.perf_counter() - started)
-        stats.received += received
+        stats.finished(code, time.perf_counter() - started, received, 0)  # sent: at the start
 
     def _started(self, stats: MethodStats | None, sent: int) -> float:
         if stats is not None:

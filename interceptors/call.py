@@ -13,6 +13,7 @@ per call for state nobody uses).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -48,6 +49,7 @@ class ServerCall:
         "span_id",
         "span_token",
         "started",
+        "task",
         "trace_id",
     )
 
@@ -73,6 +75,7 @@ class ServerCall:
         self.sent = 0
         self.local_deadline: float | None = None
         self.deadline_expired = False
+        self.task: asyncio.Task[Any] | None = None  # the handler's, while the deadline watch has it
         self.shed_slot = False
         self.span: Any = None
         self.span_token: Any = None

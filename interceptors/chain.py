@@ -135,12 +135,13 @@ class MethodChain:
         """Ends, in reverse, exactly the application layers whose `begin` completed,
         then the built-in layers (each knows from the call what its begin did)."""
         call.duration = time.perf_counter() - call.started
-        application = self.application
-        for index in range(call.begun - 1, -1, -1):
-            try:
-                application[index].end(call)
-            except Exception:
-                _log.exception("application layer failed at end of call")
+        if call.begun:
+            application = self.application
+            for index in range(call.begun - 1, -1, -1):
+                try:
+                    application[index].end(call)
+                except Exception:
+                    _log.exception("application layer failed at end of call")
         try:
             if self.shedding is not None:
                 self.shedding.end(call)

@@ -20,6 +20,7 @@ import itertools
 import os
 import re
 import secrets
+from collections.abc import Mapping
 
 from interceptors.call import ServerCall
 
@@ -54,12 +55,12 @@ def current_correlation_id() -> str | None:
     return correlation_id_var.get()
 
 
-def correlation_id_from(call: ServerCall) -> str:
-    offered = call.header(HEADER)
-    if offered and _ACCEPTABLE.fullmatch(offered):
+def correlation_id_from(metadata: Mapping[str, str | bytes]) -> str:
+    offered = metadata.get(HEADER)
+    if isinstance(offered, str) and _ACCEPTABLE.fullmatch(offered):
         return offered
-    traceparent = call.header("traceparent")
-    if traceparent:
+    traceparent = metadata.get("traceparent")
+    if isinstance(traceparent, str):
         match = _TRACEPARENT.fullmatch(traceparent.strip())
         if match and match.group(1) != _INVALID_TRACE_ID:
             return match.group(1)
@@ -68,7 +69,7 @@ def correlation_id_from(call: ServerCall) -> str:
 
 class CorrelationLayer:
     def begin(self, call: ServerCall) -> None:
-        call.correlation_id = correlation_id_from(call)
+        call.correlation_id = correlation_id_from(call.metadata)
         call.correlation_token = correlation_id_var.set(call.correlation_id)
         call.context.set_trailing_metadata(((HEADER, call.correlation_id),))
 

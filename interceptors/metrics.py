@@ -80,17 +80,19 @@ class MethodStats:
         self.buckets = [0] * (len(BUCKETS) + 1)  # per bucket, not cumulative; last is +Inf
         self.sum = 0.0
 
-    def count_handled(self, code: grpc.StatusCode) -> None:
+    def finished(self, code: grpc.StatusCode, seconds: float, received: int, sent: int) -> None:
+        """One call ended: no longer in flight, counted by code, timed, messages counted."""
+        self.in_flight -= 1
         if code is _OK:
             # Not through the dict: a StatusCode key hashes through Enum.__hash__, a Python
             # call, and this runs for every call.
             self.handled_ok += 1
         else:
             self.handled[code] = self.handled.get(code, 0) + 1
-
-    def observe(self, seconds: float) -> None:
         self.buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
         self.sum += seconds
+        self.received += received
+        self.sent += sent
 
 
 class RpcMetrics(Collector):
@@ -210,9 +212,4 @@ class MetricsLayer:
         stats.in_flight += 1
 
     def end(self, call: ServerCall) -> None:
-        stats = self.stats
-        stats.in_flight -= 1
-        stats.count_handled(call.code)
-        stats.observe(call.duration)
-        stats.received += call.received
-        stats.sent += call.sent
+        self.stats.finished(call.code, call.duration, call.received, call.sent)

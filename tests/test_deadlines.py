@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 from typing import Any
 
 import grpc
@@ -130,3 +132,30 @@ async def test_the_watch_cancels_overdue_calls_only_and_lets_go_of_ended_ones() 
     assert time.monotonic() - started < 1.0
     await asyncio.sleep(0.05)
     assert watch.watching == 0
+
+
+async def test_an_ended_call_lets_go_of_its_task_before_the_next_sweep() -> None:
+    """Finished tasks held until the next sweep cost cache misses at full load."""
+    watch = DeadlineWatch(resolution=60)  # no sweep during the test
+    layer = DeadlineLayer(max_deadline=60, watch=watch)
+    calls: list[ServerCall] = []
+
+    async def handle() -> None:
+        call = ServerCall(ECHO_SERVICE_METHODS["Echo"], _Context(None), ())  # type: ignore[arg-type]
+        calls.append(call)
+        layer.begin(call)
+        try:
+            assert call.task is asyncio.current_task()
+            await asyncio.sleep(0)
+        finally:
+            layer.end(call)
+
+    task = asyncio.create_task(handle())
+    await task
+    finished = weakref.ref(task)
+    del task
+    await asyncio.sleep(0)  # the loop's handle that woke this test holds the task until now
+    gc.collect()
+    assert finished() is None
+    assert watch.watching == 1  # the call itself, until the sweep
+    assert calls[0].task is None
