@@ -37,7 +37,7 @@ from opentelemetry import context as otel_context
 from prometheus_client import CollectorRegistry, Counter
 
 from interceptors.correlation import HEADER as CORRELATION_HEADER
-from interceptors.correlation import correlation_id_var
+from interceptors.inbound import InboundWork, inbound_var
 from interceptors.retry import RetryPolicy
 from interceptors.tracing import PROPAGATOR
 
@@ -163,11 +163,12 @@ class SqsConsumer:
 
     async def _in_context(self, delivery: Delivery) -> None:
         token = otel_context.attach(PROPAGATOR.extract(delivery.attributes))
-        correlation = correlation_id_var.set(delivery.attributes.get(CORRELATION_HEADER))
+        correlation_id = delivery.attributes.get(CORRELATION_HEADER) or ""
+        inbound = inbound_var.set(InboundWork(correlation_id))
         try:
             await self.handler(delivery)
         finally:
-            correlation_id_var.reset(correlation)
+            inbound_var.reset(inbound)
             otel_context.detach(token)
 
     async def _keep_invisible(self, receipt: str) -> None:

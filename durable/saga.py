@@ -57,7 +57,8 @@ from botocore.exceptions import ClientError as AwsClientError
 from prometheus_client import CollectorRegistry, Counter
 
 from durable.dynamo import Index, TableSpec, error_code, from_item, to_item, to_value
-from interceptors.deadline import deadline_var
+from interceptors.correlation import current_correlation_id
+from interceptors.inbound import InboundWork, inbound_var
 from interceptors.retry import RetryPolicy
 
 RUNNING, COMPENSATING, COMPLETED, FAILED = "RUNNING", "COMPENSATING", "COMPLETED", "FAILED"
@@ -381,7 +382,8 @@ class SagaEngine:
         # The saga outlives the call that started it: it keeps that call's trace and
         # correlation ids, not its deadline (its own is `deadline_ms`).
         context = contextvars.copy_context()
-        context.run(deadline_var.set, None)
+        correlation_id = current_correlation_id() or ""
+        context.run(inbound_var.set, InboundWork(correlation_id))
         task = asyncio.create_task(
             self._drive(saga_id, leased), name=f"saga-{saga_id}", context=context
         )

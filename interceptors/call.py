@@ -32,13 +32,11 @@ class ServerCall:
         "code",
         "context",
         "correlation_id",
-        "correlation_token",
+        "deadline",
         "deadline_expired",
-        "deadline_token",
         "duration",
         "error",
         "extras",
-        "local_deadline",
         "metadata",
         "policy",
         "received",
@@ -51,6 +49,7 @@ class ServerCall:
         "started",
         "task",
         "trace_id",
+        "watch_index",
     )
 
     def __init__(
@@ -73,14 +72,13 @@ class ServerCall:
         self.request: Any = None
         self.received = 0
         self.sent = 0
-        self.local_deadline: float | None = None
+        self.deadline: float | None = None  # time.monotonic() seconds, set by the deadline layer
         self.deadline_expired = False
         self.task: asyncio.Task[Any] | None = None  # the handler's, while the deadline watch has it
+        self.watch_index = -1  # its place in the deadline watch, -1 when not watched
         self.shed_slot = False
         self.span: Any = None
         self.span_token: Any = None
-        self.correlation_token: Any = None
-        self.deadline_token: Any = None
         self.extras: dict[str, Any] | None = None  # a service layer's own state, if it needs any
 
     def header(self, key: str) -> str | None:

@@ -48,6 +48,7 @@ from interceptors.access_log import AccessLog
 from interceptors.call import Layer, Metadata, ServerCall
 from interceptors.correlation import HEADER as CORRELATION_HEADER
 from interceptors.errors import STATUS_DETAILS_KEY, DeadlineExceeded, ErrorMapper, to_status
+from interceptors.inbound import inbound_var
 from interceptors.policy import Arity, MethodPolicy
 from interceptors.retry import PUSHBACK_KEY
 from interceptors.validation import RequestValidator, lenient, message_class_of
@@ -117,6 +118,7 @@ class MethodChain:
             self.check(message)  # protovalidate: raises InvalidArgument with every violation
 
     def enter(self, call: ServerCall) -> None:
+        inbound_var.set(call)  # not reset: the call's task, and its context, end with it
         self.metrics.begin(call)
         self.correlation.begin(call)
         self.tracing.begin(call)

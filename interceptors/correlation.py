@@ -1,10 +1,11 @@
 """Correlation ids: one per call, from the caller or made here, everywhere after.
 
 Taken from inbound metadata `x-correlation-id`, else the W3C trace id of
-`traceparent`, else a new one; carried in a context variable (so logs and
-outbound calls made while handling the call carry it) and echoed to the
-caller in trailing metadata. A caller's id is only accepted if it is short
-and plain (letters, digits, `-_.:`), so it cannot inject into logs.
+`traceparent`, else a new one; kept on the call, which the chain makes the
+current inbound work (interceptors.inbound), so logs and outbound calls made
+while handling it carry the id; echoed to the caller in trailing metadata.
+A caller's id is only accepted if it is short and plain (letters, digits,
+`-_.:`), so it cannot inject into logs.
 
 A new id is 32 hex digits, like a trace id: a random 64-bit prefix per
 process and a 64-bit counter. Ids only have to be unique, not secret, and
@@ -15,7 +16,6 @@ load. A forked child draws its own prefix, so two workers never share ids.
 
 from __future__ import annotations
 
-import contextvars
 import itertools
 import os
 import re
@@ -23,16 +23,12 @@ import secrets
 from collections.abc import Mapping
 
 from interceptors.call import ServerCall
+from interceptors.inbound import inbound_var
 
 HEADER = "x-correlation-id"
 _ACCEPTABLE = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
 _INVALID_TRACE_ID = "0" * 32
-
-correlation_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "correlation_id", default=None
-)
-
 
 _prefix = secrets.token_hex(8)
 _sequence = itertools.count()
@@ -52,7 +48,9 @@ def new_correlation_id() -> str:
 
 
 def current_correlation_id() -> str | None:
-    return correlation_id_var.get()
+    """The id of the inbound work being served (interceptors.inbound), if any."""
+    inbound = inbound_var.get()
+    return (inbound.correlation_id or None) if inbound is not None else None
 
 
 def correlation_id_from(metadata: Mapping[str, str | bytes]) -> str:
@@ -70,8 +68,7 @@ def correlation_id_from(metadata: Mapping[str, str | bytes]) -> str:
 class CorrelationLayer:
     def begin(self, call: ServerCall) -> None:
         call.correlation_id = correlation_id_from(call.metadata)
-        call.correlation_token = correlation_id_var.set(call.correlation_id)
         call.context.set_trailing_metadata(((HEADER, call.correlation_id),))
 
     def end(self, call: ServerCall) -> None:
-        correlation_id_var.reset(call.correlation_token)
+        """Nothing to undo: the call, current since the chain began it, carries the id."""

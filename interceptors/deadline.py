@@ -5,19 +5,19 @@
   `max_deadline` is clamped. When ours is tighter than gRPC's, `DeadlineWatch`
   cancels the handler when it passes and the chain answers DEADLINE_EXCEEDED.
   One sweeping task serves all calls: a per-call asyncio timer cost 15-20 us
-  of CPU per call at full load (measured with `make bench`). The watch costs
-  a list append, and the call's end clears `local_deadline` and the call's
-  `task`; each sweep drops the ended calls, so a call is looked at once per
-  `resolution` (20 ms) while it runs, and a deadline fires up to that late.
-  The end lets go of the task at once because the watch holding finished
-  tasks (their coroutines, contexts and grpc state) until the next sweep, some
-  hundreds of them at full load, cost about 3% of throughput in cache misses
-  (`make bench` A/B).
+  of CPU per call at full load (measured with `make bench`). A call joins the
+  watch with a list append and leaves it, when it ends, by swapping the last
+  entry into its place: the watch holds running calls only, and a sweep looks
+  at each of them once per `resolution` (20 ms), so a deadline fires up to
+  that late. Holding ended calls until the next sweep (the former design)
+  kept some hundreds of finished calls, tasks and grpc states alive at full
+  load, which cost about 3% of throughput in cache misses (`make bench` A/B).
 - A call whose deadline has already passed is rejected before the handler.
-- The absolute deadline (monotonic clock) is put in a context variable;
-  `remaining_budget()` is what every outbound call (our gRPC clients, AWS
-  calls) must stay within. Computed explicitly, not by passing
-  `context.time_remaining()` around (grpc/grpc#26236).
+- The absolute deadline (monotonic clock) is the call's `deadline`, which
+  `interceptors.inbound` makes current; `remaining_budget()` is what every
+  outbound call (our gRPC clients, AWS calls) must stay within. Computed
+  explicitly, not by passing `context.time_remaining()` around
+  (grpc/grpc#26236).
 - Cancellation by the caller cancels the handler's task (grpc.aio does that);
   the chain records it as CANCELLED.
 """
@@ -25,20 +25,19 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import time
 
 from interceptors.call import ServerCall
 from interceptors.errors import DeadlineExceeded
+from interceptors.inbound import inbound_var
 
-deadline_var: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "inbound_deadline", default=None
-)
+LINGER = 1.0  # seconds the sweeping task waits, with nothing to watch, before it ends
 
 
 def remaining_budget() -> float | None:
-    """Seconds left of the inbound call being served, or None outside any call."""
-    deadline = deadline_var.get()
+    """Seconds left of the inbound work being served, or None outside any (or none set)."""
+    inbound = inbound_var.get()
+    deadline = None if inbound is None else inbound.deadline
     return None if deadline is None else deadline - time.monotonic()
 
 
@@ -51,34 +50,47 @@ class DeadlineWatch:
         self._sweeper: asyncio.Task[None] | None = None
 
     def watch(self, call: ServerCall) -> None:
-        """Until the call's end clears `call.local_deadline` and `call.task`."""
+        """From now until `forget(call)` or its deadline, whichever comes first."""
         call.task = asyncio.current_task()
+        call.watch_index = len(self._watched)
         self._watched.append(call)
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
+    def forget(self, call: ServerCall) -> None:
+        index = call.watch_index
+        if index < 0:
+            return  # not watched, or already cancelled by a sweep
+        watched = self._watched
+        last = watched.pop()
+        if last is not call:
+            watched[index] = last
+            last.watch_index = index
+        call.watch_index = -1
+        call.task = None
+
     @property
     def watching(self) -> int:
-        """Calls held: those running, and those ended since the last sweep."""
+        """Calls being watched: those running with a deadline of ours."""
         return len(self._watched)
 
     async def _sweep(self) -> None:
+        idle_since = time.monotonic()
         try:
-            while self._watched:  # ends by itself when no call is watched
+            # Ends by itself once nothing was watched for `LINGER` seconds; not at the
+            # first empty sweep, or calls spaced out more than the sweep started a task each.
+            while self._watched or time.monotonic() - idle_since < LINGER:
                 await asyncio.sleep(self.resolution)
                 now = time.monotonic()
-                running = []
-                for call in self._watched:
-                    deadline = call.local_deadline
-                    if deadline is None:
-                        continue  # ended
-                    if now >= deadline:
-                        call.deadline_expired = True
-                        if call.task is not None:
-                            call.task.cancel()
-                    else:
-                        running.append(call)
-                self._watched = running
+                if self._watched:
+                    idle_since = now
+                overdue = [c for c in self._watched if c.deadline is not None and c.deadline <= now]
+                for call in overdue:
+                    task = call.task
+                    self.forget(call)
+                    call.deadline_expired = True
+                    if task is not None:
+                        task.cancel()
         finally:
             self._sweeper = None
 
@@ -96,22 +108,14 @@ class DeadlineLayer:
             raise DeadlineExceeded("deadline exceeded before the call was handled")
         elif remaining <= self.max_deadline:
             # gRPC enforces the caller's own deadline: nothing to watch.
-            call.deadline_token = deadline_var.set(time.monotonic() + remaining)
+            call.deadline = time.monotonic() + remaining
             return
         else:
             budget = self.max_deadline
         if budget > self.max_deadline:
             budget = self.max_deadline
-        deadline = time.monotonic() + budget
-        call.local_deadline = deadline
+        call.deadline = time.monotonic() + budget
         self.watch.watch(call)
-        call.deadline_token = deadline_var.set(deadline)
 
     def end(self, call: ServerCall) -> None:
-        if call.deadline_token is None:
-            return  # rejected in begin: nothing was watched or set
-        # The watch lets go of the call at its next sweep; the task, which holds the
-        # call's coroutines and grpc state, is let go now.
-        call.local_deadline = None
-        call.task = None
-        deadline_var.reset(call.deadline_token)
+        self.watch.forget(call)

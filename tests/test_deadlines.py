@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import time
 import weakref
@@ -10,6 +11,8 @@ from typing import Any
 
 import grpc
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from clients.channel import ChannelFactory
 from grpcplatform.testing.v1 import echo_pb2 as pb
@@ -17,6 +20,7 @@ from grpcplatform.testing.v1.echo_platform import ECHO_SERVICE_METHODS, EchoServ
 from interceptors.call import ServerCall
 from interceptors.deadline import DeadlineLayer, DeadlineWatch, remaining_budget
 from interceptors.errors import DeadlineExceeded
+from interceptors.inbound import inbound_var
 from server.runtime import Runtime
 from tests.conftest import StartRuntime
 from tests.support import echo
@@ -94,16 +98,23 @@ def test_expired_call_is_rejected_before_the_handler() -> None:
         layer.begin(call)
 
 
-def test_budget_is_set_only_inside_a_call() -> None:
+def test_budget_is_the_current_calls_and_only_inside_it() -> None:
     assert remaining_budget() is None
     layer = DeadlineLayer(max_deadline=60)
     call = ServerCall(ECHO_SERVICE_METHODS["Echo"], _Context(2.0), ())  # type: ignore[arg-type]
-    layer.begin(call)
-    budget = remaining_budget()
+
+    def inside_the_call() -> float | None:
+        inbound_var.set(call)  # what the chain does first, in the call's own task
+        layer.begin(call)
+        try:
+            return remaining_budget()
+        finally:
+            layer.end(call)
+
+    budget = contextvars.copy_context().run(inside_the_call)
     assert budget is not None
     assert 1.9 < budget <= 2.0
-    assert call.local_deadline is None  # gRPC enforces the caller's own deadline
-    layer.end(call)
+    assert call.watch_index == -1  # gRPC enforces the caller's own deadline: not watched
     assert remaining_budget() is None
 
 
@@ -126,6 +137,7 @@ async def test_the_watch_cancels_overdue_calls_only_and_lets_go_of_ended_ones() 
     assert watch.watching == 51
     for call in await asyncio.gather(*quick):
         assert not call.deadline_expired
+    assert watch.watching == 1  # ended calls left at once; the overdue one runs on
     started = time.monotonic()
     with pytest.raises(asyncio.CancelledError):
         await overdue
@@ -134,8 +146,8 @@ async def test_the_watch_cancels_overdue_calls_only_and_lets_go_of_ended_ones() 
     assert watch.watching == 0
 
 
-async def test_an_ended_call_lets_go_of_its_task_before_the_next_sweep() -> None:
-    """Finished tasks held until the next sweep cost cache misses at full load."""
+async def test_an_ended_call_leaves_the_watch_at_once() -> None:
+    """Finished calls and tasks held until the next sweep cost cache misses at full load."""
     watch = DeadlineWatch(resolution=60)  # no sweep during the test
     layer = DeadlineLayer(max_deadline=60, watch=watch)
     calls: list[ServerCall] = []
@@ -157,5 +169,29 @@ async def test_an_ended_call_lets_go_of_its_task_before_the_next_sweep() -> None
     await asyncio.sleep(0)  # the loop's handle that woke this test holds the task until now
     gc.collect()
     assert finished() is None
-    assert watch.watching == 1  # the call itself, until the sweep
+    assert watch.watching == 0
     assert calls[0].task is None
+
+
+@given(st.permutations(range(12)), st.integers(min_value=0, max_value=12))
+def test_forgetting_in_any_order_leaves_exactly_the_running_calls(
+    order: list[int], ended: int
+) -> None:
+    async def scenario() -> None:
+        watch = DeadlineWatch(resolution=60)
+        calls = [
+            ServerCall(ECHO_SERVICE_METHODS["Echo"], _Context(None), ())  # type: ignore[arg-type]
+            for _ in order
+        ]
+        for call in calls:
+            call.deadline = time.monotonic() + 60
+            watch.watch(call)
+        for index in order[:ended]:
+            watch.forget(calls[index])
+            watch.forget(calls[index])  # twice is harmless
+        running = {id(calls[index]) for index in order[ended:]}
+        assert {id(call) for call in watch._watched} == running
+        assert all(watch._watched[call.watch_index] is call for call in watch._watched)
+        assert all(calls[index].watch_index == -1 for index in order[:ended])
+
+    asyncio.run(scenario())

@@ -23,7 +23,6 @@ from durable.idempotency import (
     MemoryIdempotencyStore,
     Outcome,
 )
-from interceptors.deadline import deadline_var
 from interceptors.errors import (
     Aborted,
     FailedPrecondition,
@@ -33,6 +32,7 @@ from interceptors.errors import (
     Unavailable,
     to_status,
 )
+from interceptors.inbound import InboundWork, inbound_var
 from ledger.v1 import accounts_pb2
 from tests.support.moto import Moto
 
@@ -146,12 +146,13 @@ async def test_a_repeat_that_cannot_wait_is_aborted_with_retry_info(
     idempotency = Idempotency(store, poll_seconds=0.05)
     first = asyncio.create_task(run(idempotency, Effect(delay=0.5)))
     await asyncio.sleep(0.05)
-    token = deadline_var.set(time.monotonic() + 0.15)  # the repeat's caller allows 150 ms
+    # the repeat's caller allows 150 ms
+    token = inbound_var.set(InboundWork(deadline=time.monotonic() + 0.15))
     try:
         with pytest.raises(Aborted) as caught:
             await run(idempotency, Effect())
     finally:
-        deadline_var.reset(token)
+        inbound_var.reset(token)
     assert caught.value.reason == "REQUEST_IN_PROGRESS"
     assert caught.value.transient
     await first

@@ -13,7 +13,9 @@ import pytest
 from clients.aws import AwsClients, AwsSettings
 from durable.dynamo import ensure_tables
 from durable.saga import COMPLETED, FAILED, KeyReused, Saga, SagaEngine, Step, saga_table
-from interceptors.deadline import deadline_var, remaining_budget
+from interceptors.correlation import current_correlation_id
+from interceptors.deadline import remaining_budget
+from interceptors.inbound import InboundWork, inbound_var
 from interceptors.retry import RetryPolicy
 from tests.support.moto import Moto
 
@@ -235,20 +237,23 @@ async def test_a_saga_outlives_the_deadline_of_the_call_that_started_it(
 ) -> None:
     effects, events = Effects(), Events()
     budgets: list[float | None] = []
+    correlations: list[str | None] = []
 
     async def slow_step(saga: Saga) -> None:
         await asyncio.sleep(0.3)  # longer than the starting call had left
         budgets.append(remaining_budget())
+        correlations.append(current_correlation_id())
 
     saga_engine = engine(dynamodb, effects, events)
     definition = saga_engine.definitions[Definition.kind]
     definition.steps = (Step("SLOW", slow_step), *definition.steps)
     saga_id = await start(saga_engine)
-    token = deadline_var.set(time.monotonic() + 0.1)  # as inside a handler about to time out
+    # as inside a handler about to time out
+    token = inbound_var.set(InboundWork("saga-caller", deadline=time.monotonic() + 0.1))
     try:
         pending = await saga_engine.run(saga_id, 0.05)
     finally:
-        deadline_var.reset(token)
+        inbound_var.reset(token)
     assert not pending.finished
     for _ in range(100):
         found = await saga_engine.get(saga_id)
@@ -259,3 +264,4 @@ async def test_a_saga_outlives_the_deadline_of_the_call_that_started_it(
         await asyncio.sleep(0.05)
     assert saga.status == COMPLETED  # driven on, not starved by the caller's deadline
     assert budgets == [None]
+    assert correlations == ["saga-caller"]  # the starting call's id stays with its saga
