@@ -2,28 +2,38 @@
 
 Same handlers, same gRPC options as the platform runtime, but no chain, no
 health, no reflection, no admin port: what a hand-rolled grpcio service is.
-Usage: python -m bench.bare_server PORT
+Its methods are registered as grpcio's generated `add_*Servicer_to_server`
+registers them (`add_registered_method_handlers`). With `--table` they are
+served from the platform's one generic handler instead (server.dispatch),
+which separates what the chain costs from what the dispatch saves.
+Usage: python -m bench.bare_server PORT [--table]
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import signal
-import sys
 
 import grpc
 
 from server.config import ServerConfig
+from server.dispatch import MethodTable
 from tests.support.echo import EchoService
 
 
-async def serve(port: int) -> None:
+async def serve(port: int, table: bool) -> None:
     options = ServerConfig.from_env({"SERVICE": "bare"}).grpc_options()
     server = grpc.aio.server(options=options)
     servicer = EchoService()
-    server.add_registered_method_handlers(  # type: ignore[attr-defined]
-        servicer.SERVICE_NAME, servicer.rpc_method_handlers()
-    )
+    if table:
+        methods = MethodTable()
+        methods.add(servicer.SERVICE_NAME, servicer.rpc_method_handlers())
+        server.add_generic_rpc_handlers((methods,))
+    else:
+        server.add_registered_method_handlers(  # type: ignore[attr-defined]
+            servicer.SERVICE_NAME, servicer.rpc_method_handlers()
+        )
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     stop = asyncio.Event()
@@ -33,4 +43,8 @@ async def serve(port: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(int(sys.argv[1])))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("port", type=int)
+    parser.add_argument("--table", action="store_true")
+    arguments = parser.parse_args()
+    asyncio.run(serve(arguments.port, arguments.table))
