@@ -3,9 +3,11 @@
 `ServerChain.wrap(handler, policy)` is called once per method when the
 server is assembled (server.runtime), not per call. It asks `steps_for` for
 the method's `Steps` (which layers, built in server.chain) and returns a
-handler that per call:
+`ChainedMethod`, which the server's method table binds to each call's
+metadata (server.dispatch); per call its handler:
 
-1. creates the `ServerCall` and runs `MethodChain.enter`: each built-in
+1. creates the `ServerCall`, makes it the current inbound work
+   (interceptors.inbound) and runs `MethodChain.enter`: each built-in
    layer's `begin` in the order of `Steps`, validation of the request, then
    the application's layers (the access log only writes, at the end);
 2. awaits the handler (within the local deadline, if the deadline layer set

@@ -1,6 +1,7 @@
 """The order of the server chain, in one place.
 
-For every method of every servicer, the layers run in this order (`begin`
+For every method of every servicer, the call is made the current inbound
+work first (interceptors.inbound), then the layers run in this order (`begin`
 top to bottom before the handler, `end` bottom to top after it):
 
 1. metrics       - go-grpc-prometheus counters, histogram, in-flight gauge
@@ -9,7 +10,7 @@ top to bottom before the handler, `end` bottom to top after it):
                    (no exporter: only the caller's context, no span)
 4. access log    - a JSON line per failed call, or per call (written at `end`,
                    so it sees the code)
-5. deadline      - contract default when none, clamp, reject expired, budget var
+5. deadline      - contract default when none, clamp, reject expired, the budget
 6. rate limit    - token bucket per method and caller (when configured)
 7. shedding      - adaptive concurrency limit (when enabled)
 8. validation    - protovalidate rules of the contract (compiled fast path
