@@ -49,6 +49,7 @@ from google.protobuf.message import Message
 from interceptors.access_log import AccessLog
 from interceptors.call import Layer, Metadata, ServerCall
 from interceptors.correlation import HEADER as CORRELATION_HEADER
+from interceptors.correlation import CorrelationLayer
 from interceptors.errors import STATUS_DETAILS_KEY, DeadlineExceeded, ErrorMapper, to_status
 from interceptors.inbound import inbound_var
 from interceptors.policy import Arity, MethodPolicy
@@ -63,13 +64,14 @@ _OK = grpc.StatusCode.OK
 class Steps:
     """The layers of one method, in the order their `begin` runs (None: off).
 
-    The first three never reject a call, so their ends always run; the others
-    raise a PlatformError from `begin` to reject it, and their `end` must
-    tolerate a `begin` that did not complete.
+    The first three never reject a call, so their ends run (correlation has
+    none; tracing's runs when its begin attached a context); the others raise
+    a PlatformError from `begin` to reject it, and their `end` must tolerate a
+    `begin` that did not complete.
     """
 
     metrics: Layer
-    correlation: Layer
+    correlation: CorrelationLayer  # begin only
     tracing: Layer
     access_log: AccessLog
     deadline: Layer
@@ -129,8 +131,11 @@ class MethodChain:
             self.rate_limit.begin(call)
         if self.shedding is not None:
             self.shedding.begin(call)
-        if call.request is not None:
-            self.validate(call.request)
+        request = call.request
+        if request is not None:
+            valid = self.valid  # what validate() does, without its call: once per call
+            if valid is None or not valid(request):
+                self.check(request)
         for layer in self.application:
             layer.begin(call)
             call.begun += 1
@@ -160,8 +165,8 @@ class MethodChain:
             except Exception:
                 _log.exception("access log failed at end of call")
         try:
-            self.tracing.end(call)
-            self.correlation.end(call)
+            if call.span_token is not None:
+                self.tracing.end(call)
             self.metrics.end(call)
         except Exception:
             _log.exception("chain layer failed at end of call")

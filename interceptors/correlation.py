@@ -66,9 +66,13 @@ def correlation_id_from(metadata: Mapping[str, str | bytes]) -> str:
 
 
 class CorrelationLayer:
-    def begin(self, call: ServerCall) -> None:
-        call.correlation_id = correlation_id_from(call.metadata)
-        call.context.set_trailing_metadata(((HEADER, call.correlation_id),))
+    """A first step with nothing to end: the call, current inbound work since the
+    chain began it, carries the id."""
 
-    def end(self, call: ServerCall) -> None:
-        """Nothing to undo: the call, current since the chain began it, carries the id."""
+    def begin(self, call: ServerCall) -> None:
+        metadata = call.metadata
+        if HEADER in metadata or "traceparent" in metadata:
+            call.correlation_id = correlation_id_from(metadata)
+        else:
+            call.correlation_id = new_correlation_id()
+        call.context.set_trailing_metadata(((HEADER, call.correlation_id),))
