@@ -48,14 +48,18 @@ class DeadlineWatch:
         self.resolution = resolution
         self._watched: list[ServerCall] = []
         self._sweeper: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def watch(self, call: ServerCall) -> None:
         """From now until `forget(call)` or its deadline, whichever comes first."""
-        call.task = asyncio.current_task()
+        if self._sweeper is None:
+            self._loop = asyncio.get_running_loop()
+            self._sweeper = self._loop.create_task(self._sweep())
+        # With its loop named, current_task() skips get_running_loop(), which on
+        # Python 3.11 makes a getpid() system call each time (fork detection).
+        call.task = asyncio.current_task(self._loop)
         call.watch_index = len(self._watched)
         self._watched.append(call)
-        if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     def forget(self, call: ServerCall) -> None:
         index = call.watch_index
@@ -93,6 +97,7 @@ class DeadlineWatch:
                         task.cancel()
         finally:
             self._sweeper = None
+            self._loop = None
 
 
 class DeadlineLayer:
