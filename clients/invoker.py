@@ -11,17 +11,17 @@ The default invoker is `clients.chain.ClientChain`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import grpc
 
+from interceptors.call import Metadata as Metadata  # re-exported: generated clients use it
 from interceptors.policy import MethodPolicy
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
-Metadata = Sequence[tuple[str, str | bytes]]
 
 
 class Invoker(Protocol):

@@ -22,7 +22,7 @@ import grpc
 
 from interceptors.policy import MethodPolicy
 
-# A call's invocation metadata as grpc hands it over: (key, value) pairs.
+# gRPC metadata as grpc.aio takes and hands it over: (key, value) pairs, `-bin` keys bytes.
 Metadata = Sequence[tuple[str, str | bytes]]
 
 

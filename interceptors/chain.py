@@ -133,7 +133,7 @@ class MethodChain:
             self.shedding.begin(call)
         request = call.request
         if request is not None:
-            valid = self.valid  # what validate() does, without its call: once per call
+            valid = self.valid  # validate()'s body, inlined: this runs for every call
             if valid is None or not valid(request):
                 self.check(request)
         for layer in self.application:
@@ -183,17 +183,17 @@ class ChainedMethod:
     gets is the template's namedtuple with the bound behavior in its slot.
     """
 
-    __slots__ = ("_fields", "_handler_type", "_slot", "behavior")
+    __slots__ = ("_behavior", "_fields", "_handler_type", "_slot")
 
     def __init__(self, template: Any, slot: str, behavior: Callable[..., Any]) -> None:
         self._handler_type: Any = type(template)
         self._fields = list(template)
         self._slot = self._handler_type._fields.index(slot)
-        self.behavior = behavior  # (metadata, request(s), context)
+        self._behavior = behavior  # (metadata, request(s), context)
 
     def for_call(self, metadata: Metadata) -> grpc.RpcMethodHandler[Any, Any]:
         fields = self._fields.copy()
-        fields[self._slot] = partial(self.behavior, metadata)
+        fields[self._slot] = partial(self._behavior, metadata)
         handler: grpc.RpcMethodHandler[Any, Any] = tuple.__new__(self._handler_type, fields)
         return handler
 

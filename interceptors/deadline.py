@@ -81,8 +81,8 @@ class DeadlineWatch:
     async def _sweep(self) -> None:
         idle_since = time.monotonic()
         try:
-            # Ends by itself once nothing was watched for `LINGER` seconds; not at the
-            # first empty sweep, or calls spaced out more than the sweep started a task each.
+            # Ends once nothing was watched for LINGER seconds, not at the first empty
+            # sweep: calls further apart than `resolution` would each start a new task.
             while self._watched or time.monotonic() - idle_since < LINGER:
                 await asyncio.sleep(self.resolution)
                 now = time.monotonic()

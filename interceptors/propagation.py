@@ -8,13 +8,10 @@ the caller set explicitly in `metadata` wins.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
+from interceptors.call import Metadata
 from interceptors.correlation import HEADER as CORRELATION_HEADER
 from interceptors.correlation import current_correlation_id
 from interceptors.tracing import PROPAGATOR
-
-Metadata = Sequence[tuple[str, str | bytes]]
 
 
 def outbound_metadata(metadata: Metadata | None) -> list[tuple[str, str | bytes]]:
