@@ -31,6 +31,7 @@ from pathlib import Path
 
 import psutil
 
+from bench.cpu import cpu_seconds
 from bench.server_bench import OUT, machine, process
 from clients.channel import ChannelFactory
 from ledger.v1 import accounts_pb2, money_pb2, transfers_pb2
@@ -88,11 +89,6 @@ def ours_fraction(samples: Path) -> float:
         counts[path.split("/", 1)[0] in OUR_PACKAGES] += int(count)
     total = counts[True] + counts[False]
     return counts[True] / total if total else 0.0
-
-
-def cpu_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
 
 
 def eur(minor_units: int) -> money_pb2.Money:

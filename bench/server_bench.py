@@ -22,7 +22,7 @@ HTTP/2 with a length-prefixed EchoRequest.
 2. Latency under load: open loop at half of the bare server's saturation
    throughput, the same rate for bare and chain, LATENCY_PAIRS pairs run
    back to back in alternating order; p50 and p99 from h2load's per-request
-   logs (warm-up excluded), and the median of the pairs' p99 ratios (one
+   logs, and the median of the pairs' p99 ratios (one
    run's p99 is at the mercy of a single stall of the shared machine).
    h2load's `--rps` sends on a 10 ms tick, all its connections together: one
    h2load at 4000/s sends bursts of 40 every 10 ms, and its p99 is the time
@@ -54,6 +54,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import psutil
+
+from bench.cpu import cpu_seconds
 from grpcplatform.testing.v1 import echo_pb2
 from tests.support.net import PYTHON, ROOT, free_port, poll, port_open, ready_status, service_env
 
@@ -63,7 +66,7 @@ DURATION = int(os.environ.get("BENCH_SECONDS", "5"))
 LATENCY_PAIRS = int(os.environ.get("BENCH_LATENCY_PAIRS", "5"))
 CLIENTS, STREAMS = 4, 16
 SENDERS = 20  # open-loop h2load processes, one connection each
-WARM_UP = 2  # seconds of each h2load run left out of the figures
+WARM_UP = 2  # seconds of each h2load run before it measures
 TICK = 0.01  # h2load's --rps timer
 PATH = "/grpcplatform.testing.v1.EchoService/Echo"
 PERCENTILES = ("p50_ms", "p99_ms")
@@ -76,6 +79,7 @@ class Run:
     failed: int
     p50_ms: float
     p99_ms: float
+    cpu_us_per_call: float = 0.0  # the server's, warm-up included (closed loop only)
 
 
 @functools.cache
@@ -125,12 +129,9 @@ def outcome(output: str) -> tuple[float, int, int]:
 
 
 def measured_durations(log_lines: list[str]) -> list[float]:
-    """Milliseconds of the calls in one h2load request log (start in microseconds,
-    status, duration in microseconds), sorted; h2load logs its warm-up calls too, so
-    calls started in the first WARM_UP seconds are left out."""
-    calls = [line.split("\t") for line in log_lines if line.strip()]
-    cutoff = min(int(call[0]) for call in calls) + WARM_UP * 1_000_000
-    return sorted(int(call[2]) / 1000 for call in calls if int(call[0]) >= cutoff)
+    """Milliseconds of the calls in h2load's request log (start in microseconds,
+    status, duration in microseconds: the main duration's calls only), sorted."""
+    return sorted(int(line.split("\t")[2]) / 1000 for line in log_lines if line.strip())
 
 
 def percentile(durations: list[float], fraction: float) -> float:
@@ -142,12 +143,22 @@ def run_from(output: str, durations: list[float]) -> Run:
     return Run(rps, succeeded, failed, percentile(durations, 0.5), percentile(durations, 0.99))
 
 
-def h2load(port: int, label: str) -> Run:
-    """Closed loop: CLIENTS connections keep STREAMS calls each in flight."""
+def h2load(port: int, label: str, server: psutil.Process) -> Run:
+    """Closed loop: CLIENTS connections keep STREAMS calls each in flight. The server's
+    CPU time per call is steadier than calls/s when the shared machine slows down."""
     log = OUT / f"h2load-{label}.log"
     command = h2load_command(port, log, CLIENTS, None)
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    return run_from(output, measured_durations(log.read_text().splitlines()))
+    load = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    time.sleep(WARM_UP)  # h2load counts and logs the calls after its warm-up only
+    cpu_before = cpu_seconds(server)
+    output = load.communicate()[0]
+    cpu = cpu_seconds(server) - cpu_before
+    if load.returncode != 0:
+        raise RuntimeError(f"h2load failed:\n{output}")
+    lines = log.read_text().splitlines()
+    run = run_from(output, measured_durations(lines))
+    run.cpu_us_per_call = 1e6 * cpu / sum(1 for line in lines if line.strip())
+    return run
 
 
 def open_loop_run(port: int, label: str, rate: float) -> Run:
@@ -220,6 +231,12 @@ def paired_ratios(runs: dict[str, list[Run]], name: str, baseline: str) -> list[
     return [a.rps / b.rps for a, b in zip(runs[name], runs[baseline], strict=True)]
 
 
+def paired_cpu_ratios(runs: dict[str, list[Run]], name: str, baseline: str) -> list[float]:
+    """Calls per CPU-second of `name` over `baseline`'s, round by round."""
+    pairs = zip(runs[name], runs[baseline], strict=True)
+    return [b.cpu_us_per_call / a.cpu_us_per_call for a, b in pairs]
+
+
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     # The order of the runs in a round: the ratios that matter are of neighbours.
@@ -236,32 +253,37 @@ def main() -> int:
             env,
             OUT / "bare.log",
             lambda: port_open(ports["bare"]),
-        ),
+        ) as bare,
         process(
             [PYTHON, "-m", "bench.bare_server", str(ports["table"]), "--table"],
             env,
             OUT / "table.log",
             lambda: port_open(ports["table"]),
-        ),
+        ) as table,
         process(
             [PYTHON, "-m", "server"],
             chain_env,
             OUT / "chain.log",
             lambda: (ready_status(admin_port) or (0,))[0] == 200,
-        ),
+        ) as chain,
         process(
             [PYTHON, "-m", "server"],
             logged_env,
             OUT / "chain-logged.log",
             lambda: (ready_status(logged_admin) or (0,))[0] == 200,
-        ),
+        ) as logged,
     ):
+        servers = {
+            name: psutil.Process(started.pid)
+            for name, started in zip(ports, (bare, chain, table, logged), strict=True)
+        }
         saturation: dict[str, list[Run]] = {name: [] for name in ports}
         for round_index in range(ROUNDS):
             for name in round_order(list(ports), round_index):
-                run = h2load(ports[name], f"{name}-sat-{round_index}")
+                run = h2load(ports[name], f"{name}-sat-{round_index}", servers[name])
                 saturation[name].append(run)
-                print(f"  round {round_index + 1} {name:6}: {run.rps:8.0f} calls/s", flush=True)
+                shown = f"{run.rps:8.0f} calls/s, {run.cpu_us_per_call:5.0f} us CPU per call"
+                print(f"  round {round_index + 1} {name:6}: {shown}", flush=True)
         bare_rps = statistics.median(r.rps for r in saturation["bare"])
         half = bare_rps / 2
         open_loop: dict[str, list[Run]] = {"bare": [], "chain": []}
@@ -279,7 +301,14 @@ def main() -> int:
         "chain_vs_table": paired_ratios(saturation, "chain", "table"),
         "logged": paired_ratios(saturation, "logged", "bare"),
     }
+    for name in ("chain", "table", "logged"):
+        ratios[f"{name}_cpu"] = paired_cpu_ratios(saturation, name, "bare")
+    ratios["chain_vs_table_cpu"] = paired_cpu_ratios(saturation, "chain", "table")
     ratio = {name: statistics.median(values) for name, values in ratios.items()}
+    median_cpu = {
+        name: statistics.median(run.cpu_us_per_call for run in runs)
+        for name, runs in saturation.items()
+    }
     p99_ratios = [
         c.p99_ms / b.p99_ms for b, c in zip(open_loop["bare"], open_loop["chain"], strict=True)
     ]
@@ -287,6 +316,7 @@ def main() -> int:
         "machine": machine(),
         "load": f"h2load, {CLIENTS} connections x {STREAMS} streams, {ROUNDS} x {DURATION} s",
         "saturation_rps": median_rps,
+        "cpu_us_per_call": median_cpu,
         "throughput_ratio": ratio["chain"],
         "ratios_per_round": ratios,
         "ratio_medians": ratio,
@@ -305,9 +335,9 @@ def main() -> int:
 
     print()
     print(f"server chain benchmark ({result['load']}; {result['machine']})")
-    print("ratio to bare: median of the per-round ratios (their range)")
-    print("| saturation | calls/s (median) | ratio to bare | target |")
-    print("| --- | --- | --- | --- |")
+    print("ratios to bare: median of the per-round ratios (their range)")
+    print("| saturation | calls/s | ratio | CPU per call | calls per CPU-second, ratio | target |")
+    print("| --- | --- | --- | --- | --- | --- |")
     rows = (
         ("bare grpc.aio", "bare", ""),
         ("bare, served from the platform's table", "table", ""),
@@ -315,9 +345,14 @@ def main() -> int:
         ("same, with LOG_CALLS=ALL", "logged", ""),
     )
     for label, name, target in rows:
-        shown = "1" if name == "bare" else spread(name)
+        shown = "1 | " if name == "bare" else f"{spread(name)} | "
+        cost = f"{median_cpu[name]:.0f} us | "
+        shown += cost + ("1" if name == "bare" else spread(f"{name}_cpu"))
         print(f"| {label} | {median_rps[name]:.0f} | {shown} | {target} |")
-    print(f"the chain's own cost (chain / table): {spread('chain_vs_table')}")
+    print(
+        f"the chain's own cost (chain / table): {spread('chain_vs_table')} in calls/s, "
+        f"{spread('chain_vs_table_cpu')} in calls per CPU-second"
+    )
     b50, b99 = (statistics.median(getattr(r, f) for r in open_loop["bare"]) for f in PERCENTILES)
     c50, c99 = (statistics.median(getattr(r, f) for r in open_loop["chain"]) for f in PERCENTILES)
     print()

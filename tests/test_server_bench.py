@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-from bench.server_bench import WARM_UP, measured_durations, percentile, round_order
+from bench.server_bench import measured_durations, percentile, round_order
 
 
 def log_line(start_us: int, duration_us: int) -> str:
     return f"{start_us}\t200\t{duration_us}"
 
 
-def test_calls_started_during_the_warm_up_are_left_out() -> None:
+def test_durations_in_milliseconds_sorted_blank_lines_skipped() -> None:
     first = 1_700_000_000_000_000
-    lines = [
-        log_line(first, 90_000),  # warm-up: slow first calls must not count
-        log_line(first + WARM_UP * 1_000_000 - 1, 50_000),
-        log_line(first + WARM_UP * 1_000_000, 2_500),
-        log_line(first + WARM_UP * 1_000_000 + 10, 1_000),
-        "",
-    ]
-    assert measured_durations(lines) == [1.0, 2.5]
+    lines = [log_line(first, 2_500), log_line(first + 10, 1_000), "", log_line(first + 20, 90_000)]
+    assert measured_durations(lines) == [1.0, 2.5, 90.0]
 
 
 def test_percentiles_of_sorted_durations() -> None:
