@@ -11,8 +11,10 @@ done-callbacks per wait. Echo's six methods with health's three and
 reflection's one made eleven futures; served through one generic handler
 there is one, and finding the method is a dict lookup (`MethodTable.service`).
 Measured with callgrind on the Echo server, one call at a time: 45k fewer
-instructions per call (about 8%), and about 7% more calls/s at saturation for
-a bare server of six methods (see README, Performance).
+instructions per call (about 8%); for a bare server of six methods, about 4%
+fewer, and at saturation `make bench` puts it level with grpcio's
+registration (median ratio 0.92-1.17 across runs on a noisy machine; see
+README, Performance).
 
 Methods behind the chain (`interceptors.chain.ChainedMethod`) are served per
 call: the table hands them the metadata grpc decoded to find the method, so
