@@ -18,12 +18,14 @@ HTTP/2 with a length-prefixed EchoRequest.
    DURATION seconds per server; each round runs every server once (bare,
    chain, table, logged, reversed every other round). The machine is shared
    and its speed drifts, so a ratio is taken within each round between runs
-   back to back, and the median of those is reported with its range.
+   back to back, and the median of those is reported with its range. The
+   server's CPU time per call (all its threads) is reported beside calls/s:
+   its ratio moves less when the machine slows down.
 2. Latency under load: open loop at half of the bare server's saturation
    throughput, the same rate for bare and chain, LATENCY_PAIRS pairs run
    back to back in alternating order; p50 and p99 from h2load's per-request
-   logs, and the median of the pairs' p99 ratios (one
-   run's p99 is at the mercy of a single stall of the shared machine).
+   logs, and the median of the pairs' p99 ratios (one run's p99 is at the
+   mercy of a single stall of the shared machine).
    h2load's `--rps` sends on a 10 ms tick, all its connections together: one
    h2load at 4000/s sends bursts of 40 every 10 ms, and its p99 is the time
    to drain a burst, not latency at that load. So the rate is split over
@@ -79,7 +81,7 @@ class Run:
     failed: int
     p50_ms: float
     p99_ms: float
-    cpu_us_per_call: float = 0.0  # the server's, warm-up included (closed loop only)
+    cpu_us_per_call: float = 0.0  # the server's, all threads (closed loop only)
 
 
 @functools.cache
@@ -368,6 +370,8 @@ def main() -> int:
     print(
         f"chain calls answered other than OK: {rejected}; h2load failures: "
         + ", ".join(f"{name} {sum(r.failed for r in runs)}" for name, runs in saturation.items())
+        + "; open loop: "
+        + ", ".join(f"{name} {sum(r.failed for r in runs)}" for name, runs in open_loop.items())
     )
     return 0
 
