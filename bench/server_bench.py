@@ -157,9 +157,9 @@ def h2load(port: int, label: str, server: psutil.Process) -> Run:
     cpu = cpu_seconds(server) - cpu_before
     if load.returncode != 0:
         raise RuntimeError(f"h2load failed:\n{output}")
-    lines = log.read_text().splitlines()
-    run = run_from(output, measured_durations(lines))
-    run.cpu_us_per_call = 1e6 * cpu / sum(1 for line in lines if line.strip())
+    durations = measured_durations(log.read_text().splitlines())
+    run = run_from(output, durations)
+    run.cpu_us_per_call = 1e6 * cpu / len(durations)
     return run
 
 

@@ -109,6 +109,8 @@ class DeadlineLayer:
         remaining = call.context.time_remaining()
         if remaining is None:
             budget = call.policy.default_deadline
+            if budget > self.max_deadline:
+                budget = self.max_deadline
         elif remaining <= 0:
             raise DeadlineExceeded("deadline exceeded before the call was handled")
         elif remaining <= self.max_deadline:
@@ -116,8 +118,6 @@ class DeadlineLayer:
             call.deadline = time.monotonic() + remaining
             return
         else:
-            budget = self.max_deadline
-        if budget > self.max_deadline:
             budget = self.max_deadline
         call.deadline = time.monotonic() + budget
         self.watch.watch(call)
