@@ -7,7 +7,8 @@ For each side (`server`, `client`): `grpc_<side>_started_total`,
 as go-grpc-prometheus uses), all labelled `grpc_type`, `grpc_service`,
 `grpc_method`; plus `platform_<side>_in_flight`, and on the server
 `platform_server_throttled_total`, `platform_server_shed_total`,
-`platform_server_concurrency_limit`, on the client
+`platform_server_concurrency_limit`, `platform_server_queue_delay_seconds`
+(interceptors.queue_delay), on the client
 `platform_client_retries_total` and `platform_client_retries_denied_total`
 (retries the budget refused). Client counts are per attempt, as the network
 sees them.
@@ -102,6 +103,7 @@ class RpcMetrics(Collector):
         self.side = side
         self._methods: list[MethodStats] = []
         self.concurrency_limit: Callable[[], float] | None = None
+        self.queue_delay: Callable[[], float] | None = None
         self.breaker_states: Callable[[], list[tuple[str, int]]] | None = None
         registry.register(self)
 
@@ -141,7 +143,7 @@ class RpcMetrics(Collector):
         )
         if side == "server":
             first = ("throttled", "RPCs rejected by the rate limiter (RESOURCE_EXHAUSTED).")
-            second = ("shed", "RPCs shed by the adaptive concurrency limit (UNAVAILABLE).")
+            second = ("shed", "RPCs shed for overload (UNAVAILABLE).")
         else:
             first = ("retries", "Attempts after the first of a call.")
             second = ("retries_denied", "Retries the retry budget refused.")
@@ -185,6 +187,12 @@ class RpcMetrics(Collector):
                 "platform_server_concurrency_limit",
                 "Current adaptive concurrency limit of the load shedder.",
                 value=self.concurrency_limit(),
+            )
+        if self.queue_delay is not None:
+            yield GaugeMetricFamily(
+                "platform_server_queue_delay_seconds",
+                "Round trip of the server's latest health check to itself: its queueing delay.",
+                value=self.queue_delay(),
             )
 
 

@@ -12,16 +12,23 @@ nothing. As Netflix's `WindowedLimit` does, calls are sampled in windows of
 `window` calls: the window's average latency and its peak concurrency make
 one sample, so the arithmetic runs once per window, not per call. Departure:
 the limit is server-wide, shared by all methods of the process.
+
+The limit cannot see calls that wait in gRPC's core before the chain starts
+them, which is where they wait when the process runs out of CPU; the layer
+also sheds the share of calls that `interceptors.queue_delay` asks for then,
+with the same reason and the measured delay in the ErrorInfo metadata.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from random import random
 
 from interceptors.call import ServerCall
 from interceptors.errors import Unavailable
 from interceptors.metrics import MethodStats
+from interceptors.queue_delay import QueueDelayGate
 
 WARMUP_SAMPLES = 10
 
@@ -95,12 +102,23 @@ class SheddingLayer:
     def __init__(
         self,
         limiter: AdaptiveLimit,
+        gate: QueueDelayGate,
         stats: MethodStats,
     ) -> None:
         self.limiter = limiter
+        self.gate = gate
         self.stats = stats
 
     def begin(self, call: ServerCall) -> None:
+        share = self.gate.share
+        if share and random() < share:  # noqa: S311 - a load share, not a secret
+            self.stats.shed += 1
+            raise Unavailable(
+                "server overloaded; retry later",
+                reason="LOAD_SHED",
+                metadata={"queueDelayMs": str(round(self.gate.delay * 1000))},
+                retry_after=self.gate.window,
+            )
         if not self.limiter.try_acquire():
             self.stats.shed += 1
             retry_after = max(0.05, self.limiter.long_rtt)

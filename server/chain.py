@@ -12,7 +12,8 @@ top to bottom before the handler, `end` bottom to top after it):
                    so it sees the code)
 5. deadline      - contract default when none, clamp, reject expired, the budget
 6. rate limit    - token bucket per method and caller (when configured)
-7. shedding      - adaptive concurrency limit (when enabled)
+7. shedding      - adaptive concurrency limit, and the share of calls a
+                   standing queue in gRPC's core asks to shed (when enabled)
 8. validation    - protovalidate rules of the contract (compiled fast path
                    for valid requests, interceptors.compiled_rules)
 9. the application's own layers (`Application.interceptors`): they see only
@@ -41,6 +42,7 @@ from interceptors.deadline import DeadlineLayer
 from interceptors.errors import ErrorMapper
 from interceptors.metrics import MetricsLayer, RpcMetrics
 from interceptors.policy import MethodPolicy
+from interceptors.queue_delay import QueueDelayGate
 from interceptors.ratelimit import RateLimitLayer
 from interceptors.redaction import Redactor
 from interceptors.shedding import AdaptiveLimit, SheddingLayer, ShedSettings
@@ -55,6 +57,7 @@ def build_server_chain(
     tracer: Tracer | None,  # None: no spans are exported, only context is propagated
     error_domain: str,
     errors: ErrorMapper,
+    queue_delay: QueueDelayGate,
     application_layers: Sequence[Layer] = (),
 ) -> ServerChain:
     metrics = RpcMetrics(registry, "server")
@@ -70,6 +73,7 @@ def build_server_chain(
         )
     )
     metrics.concurrency_limit = lambda: limiter.limit
+    metrics.queue_delay = lambda: queue_delay.delay
 
     def steps_for(policy: MethodPolicy) -> Steps:
         stats = metrics.for_method(policy)
@@ -81,7 +85,7 @@ def build_server_chain(
             access_log=access_log,
             deadline=deadline,
             rate_limit=None if rate is None else RateLimitLayer(rate, stats),
-            shedding=SheddingLayer(limiter, stats) if config.shed_enabled else None,
+            shedding=SheddingLayer(limiter, queue_delay, stats) if config.shed_enabled else None,
             application=application_layers,
         )
 

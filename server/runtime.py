@@ -5,7 +5,8 @@
 serves, through one `MethodTable` (server.dispatch), the application's
 servicers behind the chain, the standard health service and server
 reflection (so `grpcurl list/describe` needs no proto files); then it
-starts the admin HTTP port. `Runtime.stop()` is the drain of server.shutdown.
+starts the admin HTTP port and the probe of its own queueing delay
+(server.queue_probe). `Runtime.stop()` is the drain of server.shutdown.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from clients.channel import ChannelFactory
+from interceptors.queue_delay import QueueDelayGate
 from server.admin import AdminServer
 from server.application import Application
 from server.chain import build_server_chain
 from server.config import ServerConfig
 from server.dispatch import MethodTable
 from server.health import HealthState
+from server.queue_probe import QueueProbe, loopback_host
 from server.reflection import enable_reflection
 from server.tracing import exporting, tracer_provider
 
@@ -65,6 +68,7 @@ class Runtime:
         self.health = HealthState(names, application.readiness_checks)
         self.admin = AdminServer(self.health, registry, config.admin_host, config.admin_port)
         self.tracing = tracing or tracer_provider(config)
+        self.queue_delay = QueueDelayGate(config.shed_queue_delay if config.shed_enabled else 0.0)
         self.chain = build_server_chain(
             config,
             registry,
@@ -73,6 +77,7 @@ class Runtime:
             or application.error_domain
             or f"{config.service}.grpc-platform.internal",
             application.errors,
+            self.queue_delay,
             application.interceptors,
         )
         table = MethodTable()
@@ -93,6 +98,7 @@ class Runtime:
         self.server = grpc.aio.server(handlers=[table], options=config.grpc_options())
         self.grpc_port = 0
         self.workers: list[asyncio.Task[None]] = []
+        self.queue_probe: asyncio.Task[None] | None = None
 
     @staticmethod
     async def _supervised(name: str, work: Awaitable[None]) -> None:
@@ -119,6 +125,10 @@ class Runtime:
                 f"cannot listen for admin HTTP on {admin} (ADMIN_PORT): {error.strerror}"
             ) from None
         await self.health.start()
+        probe = QueueProbe(
+            self.queue_delay, host_port(loopback_host(self.config.grpc_host), self.grpc_port)
+        )
+        self.queue_probe = asyncio.create_task(probe.run(), name="queue-probe")
         self.workers = [
             asyncio.create_task(self._supervised(name, work()), name=name)
             for name, work in self.application.workers.items()
@@ -145,6 +155,9 @@ class Runtime:
         _log.info(
             "draining", extra={"delay_s": config.shutdown_delay, "grace_s": config.shutdown_grace}
         )
+        if self.queue_probe is not None:
+            self.queue_probe.cancel()  # the drain would read as a queue
+            await asyncio.gather(self.queue_probe, return_exceptions=True)
         await self.health.drain()
         await asyncio.sleep(config.shutdown_delay)
         await self.server.stop(config.shutdown_grace)

@@ -2,13 +2,15 @@
 
 Run in-process through `build`, or as a process with
 `SERVICE=tests.support.echo:build python -m server`. `fail:<kind>` makes
-Echo (and Chat) raise the fault of FAULTS; `relay` makes Echo call the
-service at `ECHO_DOWNSTREAM` and return its answer.
+Echo (and Chat) raise the fault of FAULTS; `busy:<ms>` makes Echo hold the
+CPU (and so the event loop) for that long, as a CPU-bound handler does;
+`relay` makes Echo call the service at `ECHO_DOWNSTREAM` and return its answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -57,6 +59,10 @@ class EchoService(EchoServiceServicer):
         remaining = context.time_remaining() or 0.0
         if request.message.startswith("fail:"):
             raise FAULTS[request.message.removeprefix("fail:")]
+        if request.message.startswith("busy:"):
+            until = time.perf_counter() + int(request.message.removeprefix("busy:")) / 1000
+            while time.perf_counter() < until:
+                pass
         if request.delay_ms:
             await asyncio.sleep(request.delay_ms / 1000)
         if request.message == "relay" and self.downstream is not None:

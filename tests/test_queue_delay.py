@@ -1,0 +1,178 @@
+"""Shedding for queueing delay: a CPU-bound overload is shed, then the server recovers.
+
+The server runs as its own process (the callers' work must not share its
+CPU or its event loop); its Echo handler holds the CPU for BUSY_MS a call
+(`busy:<ms>`), so CALLERS callers in a loop queue in gRPC's core before the
+chain sees them, where the concurrency limit cannot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2 as details_pb2
+
+from clients.channel import ChannelFactory
+from clients.errors import details_of, error_info
+from grpcplatform.testing.v1 import echo_pb2 as pb
+from grpcplatform.testing.v1.echo_platform import EchoServiceClient
+from interceptors.queue_delay import MAX_SHARE, STEP, QueueDelayGate
+from tests.support.net import running_service
+from tests.test_metrics import scrape, value
+
+BUSY_MS = 10
+CALLERS = 24  # a queue of about 240 ms if every call is served
+FLOOD_SECONDS = 4.0
+ECHO = {"grpc_service": "grpcplatform.testing.v1.EchoService", "grpc_method": "Echo"}
+
+
+@dataclass
+class Flood:
+    served: list[tuple[float, float]] = field(default_factory=list)  # (sent at, latency s)
+    shed: list[grpc.aio.AioRpcError] = field(default_factory=list)
+    other: list[grpc.StatusCode] = field(default_factory=list)
+
+    def late_latencies(self, after: float) -> list[float]:
+        return [latency for sent, latency in self.served if sent >= after]
+
+
+async def flood(client: EchoServiceClient, seconds: float) -> tuple[Flood, float]:
+    """CALLERS callers, each calling again as soon as it is answered; a shed caller
+    waits the RetryInfo delay first, as the platform's clients do."""
+    result = Flood()
+    started = time.monotonic()
+    end = started + seconds
+
+    async def caller() -> None:
+        while time.monotonic() < end:
+            sent = time.monotonic()
+            try:
+                await client.echo(pb.EchoRequest(message=f"busy:{BUSY_MS}"), timeout=10)
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE:
+                    result.other.append(error.code())
+                    continue
+                result.shed.append(error)
+                retry = next(d for d in details_of(error) if isinstance(d, details_pb2.RetryInfo))
+                await asyncio.sleep(retry.retry_delay.ToTimedelta().total_seconds())
+            else:
+                result.served.append((sent - started, time.monotonic() - sent))
+
+    await asyncio.gather(*(caller() for _ in range(CALLERS)))
+    return result, started
+
+
+async def test_cpu_bound_overload_is_shed_for_its_queue_and_recovers(
+    tmp_path: Path, single_attempt_channels: ChannelFactory
+) -> None:
+    with running_service("tests.support.echo:build", tmp_path, {"LOG_CALLS": "NONE"}) as server:
+        client = EchoServiceClient(single_attempt_channels.connect(server.target))
+        result, _ = await flood(client, FLOOD_SECONDS)
+
+        assert result.other == []
+        assert result.shed, "nothing was shed under a CPU-bound overload"
+        info = error_info(result.shed[0])
+        assert info is not None
+        assert info.reason == "LOAD_SHED"
+        assert int(info.metadata["queueDelayMs"]) > 50  # the default SHED_QUEUE_DELAY_SECONDS
+        # Once the gate has settled (its share grows by STEP per 0.25 s window), the
+        # calls it lets through wait well short of the queue of serving them all
+        # (the control below: about CALLERS * BUSY_MS, 240 ms; here about 100 ms).
+        settled = result.late_latencies(after=FLOOD_SECONDS / 2)
+        assert statistics.median(settled) < 0.75 * CALLERS * BUSY_MS / 1000
+        # Shedding is not starving: the server kept doing useful work.
+        assert len(result.served) > 0.3 * FLOOD_SECONDS * 1000 / BUSY_MS
+
+        # Recovery: the share halves every window once the loop keeps up again.
+        deadline = time.monotonic() + 10
+        in_a_row = 0
+        while in_a_row < 10:
+            assert time.monotonic() < deadline, "calls still shed after the overload ended"
+            try:
+                await client.echo(pb.EchoRequest(message="ok"), timeout=5)
+            except grpc.aio.AioRpcError as error:
+                result.shed.append(error)
+                in_a_row = 0
+                await asyncio.sleep(0.1)
+            else:
+                in_a_row += 1
+        assert {error.code() for error in result.shed} == {grpc.StatusCode.UNAVAILABLE}
+
+        samples = await asyncio.to_thread(scrape, server.admin_port)
+        assert value(samples, "platform_server_shed_total", **ECHO) == len(result.shed)
+        assert value(samples, "platform_server_queue_delay_seconds") < 0.05
+
+
+async def test_without_the_gate_the_same_overload_queues_and_nothing_is_shed(
+    tmp_path: Path, single_attempt_channels: ChannelFactory
+) -> None:
+    """The control: what the test above guards against."""
+    env = {"LOG_CALLS": "NONE", "SHED_QUEUE_DELAY_SECONDS": "0"}
+    with running_service("tests.support.echo:build", tmp_path, env) as server:
+        client = EchoServiceClient(single_attempt_channels.connect(server.target))
+
+        async def scrape_midway() -> dict[Any, float]:
+            await asyncio.sleep(FLOOD_SECONDS / 3)
+            return await asyncio.to_thread(scrape, server.admin_port)
+
+        (result, _), samples = await asyncio.gather(
+            flood(client, FLOOD_SECONDS / 2), scrape_midway()
+        )
+        assert result.shed == []
+        assert result.other == []
+        # Every caller waits behind the others: about CALLERS * BUSY_MS.
+        settled = result.late_latencies(after=FLOOD_SECONDS / 4)
+        assert statistics.median(settled) > 0.6 * CALLERS * BUSY_MS / 1000
+        assert value(samples, "platform_server_concurrency_limit") == 100  # never moved
+        # The probe saw the queue all the same.
+        assert value(samples, "platform_server_queue_delay_seconds") > 0.05
+
+
+# -- the gate's arithmetic (pure logic) -------------------------------------------------
+
+
+def feed(gate: QueueDelayGate, lags: list[float], start: float = 0.0, step: float = 0.05) -> float:
+    now = start
+    for lag in lags:
+        now += step
+        gate.observe(lag, now)
+    return now
+
+
+def test_a_standing_lag_sheds_a_share_growing_per_window_up_to_the_cap() -> None:
+    gate = QueueDelayGate(target=0.05, window=0.25)
+    now = feed(gate, [0.08] * 6)  # first sample opens the window; 5 more close it
+    assert gate.share == pytest.approx(STEP)
+    feed(gate, [0.08] * 100, start=now)
+    assert gate.share == pytest.approx(MAX_SHARE)
+    assert gate.delay == pytest.approx(0.08)
+
+
+def test_a_spike_within_a_window_is_not_a_standing_queue() -> None:
+    gate = QueueDelayGate(target=0.05, window=0.25)
+    feed(gate, [0.001, 0.3, 0.001, 0.2, 0.001, 0.4] * 10)
+    assert gate.share == 0.0
+
+
+def test_the_share_halves_per_window_once_the_lag_is_back_under_target() -> None:
+    gate = QueueDelayGate(target=0.05, window=0.25)
+    now = feed(gate, [0.1] * 100)
+    assert gate.share == pytest.approx(MAX_SHARE)
+    now = feed(gate, [0.001] * 5, start=now)  # one window
+    assert gate.share == pytest.approx(MAX_SHARE / 2)
+    feed(gate, [0.001] * 50, start=now)  # ten more windows
+    assert gate.share == 0.0
+
+
+def test_a_target_of_zero_measures_and_never_sheds() -> None:
+    gate = QueueDelayGate(target=0.0, window=0.25)
+    feed(gate, [5.0] * 100)
+    assert gate.share == 0.0
+    assert gate.delay == 5.0
