@@ -8,8 +8,11 @@ by interceptors.redaction) for failed calls, and for every call at DEBUG.
 `user_id` comes from `user_id_var`, which authentication sets when it knows.
 
 Levels: OK at INFO, client errors at WARNING, server errors at ERROR.
-`LOG_CALLS=errors` keeps only failures, `none` silences the access log; a
-JSON line per call costs about as much as a small handler.
+`LOG_CALLS=errors` keeps only failures, except the calls the server's load
+protection turned away (`errors.LoadRejected`: rate limit, shedding; counted
+in metrics, and the queue-delay gate logs when shedding starts and stops);
+`none` silences the access log. A JSON line per call costs about as much as
+a small handler.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import grpc
 
 from interceptors.call import ServerCall
 from interceptors.codes import SERVER_ERRORS
-from interceptors.errors import PlatformError
+from interceptors.errors import LoadRejected, PlatformError
 from interceptors.redaction import Redactor
 
 user_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("user_id", default=None)
@@ -55,7 +58,9 @@ class AccessLog:
             if not self.logs_successes or not _log.isEnabledFor(logging.INFO):
                 return
             level = logging.INFO
-        elif self.mode is CallLogging.NONE:
+        elif self.mode is CallLogging.NONE or (
+            self.mode is CallLogging.ERRORS and isinstance(call.error, LoadRejected)
+        ):
             return
         else:
             level = logging.ERROR if code in SERVER_ERRORS else logging.WARNING

@@ -211,6 +211,17 @@ class Unavailable(TransientError):
     error_code = "UNAVAILABLE"
 
 
+class LoadRejected:
+    """Mixin: a call the server's own load protection turned away (rate limit,
+    shedding). Counted in metrics; at LOG_CALLS=ERRORS not logged one by one
+    (interceptors.access_log): in a flood of them a JSON line costs more than
+    the rejection, and the log would become the overload's next victim."""
+
+
+class Shed(Unavailable, LoadRejected):
+    """Turned away by the server's load shedding (interceptors.shedding)."""
+
+
 class ResourceExhausted(TransientError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     error_code = "RESOURCE_EXHAUSTED"
@@ -237,6 +248,10 @@ class ResourceExhausted(TransientError):
             ]
         )
         return [quota, *super().details()]
+
+
+class Throttled(ResourceExhausted, LoadRejected):
+    """Turned away by the server's rate limit (interceptors.ratelimit)."""
 
 
 class InternalError(PlatformError):

@@ -32,11 +32,14 @@ concurrency limit.
 
 from __future__ import annotations
 
+import logging
 import math
 
 STEP = 0.1  # share of new calls shed added per window while the queue stands
 MAX_SHARE = 0.9  # always let some calls through: they are how recovery is seen
 MIN_SHARE = 0.01  # below this the share is 0
+
+_log = logging.getLogger(__name__)
 
 
 class QueueDelayGate:
@@ -65,9 +68,16 @@ class QueueDelayGate:
         if now < self._window_end:
             return
         if self.target > 0 and self._window_min > self.target:
+            if not self.share:
+                _log.warning(
+                    "shedding calls: they wait too long to start",
+                    extra={"queue_delay_ms": round(self._window_min * 1000, 1)},
+                )
             self.share = min(MAX_SHARE, self.share + STEP)
-        else:
+        elif self.share:
             halved = self.share / 2
             self.share = halved if halved >= MIN_SHARE else 0.0
+            if not self.share:
+                _log.info("stopped shedding calls: the queue is gone")
         self._window_min = math.inf
         self._window_end = now + self.window

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from interceptors.call import ServerCall
-from interceptors.errors import QuotaViolation, ResourceExhausted
+from interceptors.errors import QuotaViolation, Throttled
 from interceptors.metrics import MethodStats
 
 CLIENT_ID_HEADER = "x-client-id"
@@ -105,7 +105,7 @@ class RateLimitLayer:
         if wait:
             self.stats.throttled += 1
             limit = f"{self.rate.per_second:g}/s (burst {self.rate.burst:g})"
-            raise ResourceExhausted(
+            raise Throttled(
                 f"rate limit of {limit} exceeded for {call.policy.full_method}",
                 [QuotaViolation(subject=caller, description=f"{limit} per caller")],
                 reason="RATE_LIMITED",

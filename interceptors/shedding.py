@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from random import random
 
 from interceptors.call import ServerCall
-from interceptors.errors import Unavailable
+from interceptors.errors import Shed
 from interceptors.metrics import MethodStats
 from interceptors.queue_delay import QueueDelayGate
 
@@ -113,7 +113,7 @@ class SheddingLayer:
         share = self.gate.share
         if share and random() < share:  # noqa: S311 - a load share, not a secret
             self.stats.shed += 1
-            raise Unavailable(
+            raise Shed(
                 "server overloaded; retry later",
                 reason="LOAD_SHED",
                 metadata={"queueDelayMs": str(round(self.gate.delay * 1000))},
@@ -122,7 +122,7 @@ class SheddingLayer:
         if not self.limiter.try_acquire():
             self.stats.shed += 1
             retry_after = max(0.05, self.limiter.long_rtt)
-            raise Unavailable(
+            raise Shed(
                 "server overloaded; retry later",
                 reason="LOAD_SHED",
                 metadata={"concurrencyLimit": str(int(self.limiter.limit))},

@@ -105,3 +105,29 @@ async def test_redacted_fields_never_reach_any_log_line(tmp_path: Path, shared_m
     withdraw = next(d for d in details if d.get("request_id") == "redact-2")
     assert withdraw["memo"] == "[REDACTED]"
     assert withdraw["amount"] == {"currency_code": "EUR", "minor_units": 5}
+
+
+async def test_load_rejections_are_counted_not_logged_one_by_one(
+    tmp_path: Path, single_attempt_channels: ChannelFactory
+) -> None:
+    """At LOG_CALLS=ERRORS a flood of rate-limited calls must not become a flood of lines."""
+    settings = {"LOG_CALLS": "ERRORS", "RATE_LIMIT_RPS": "1", "RATE_LIMIT_BURST": "1"}
+    with running_service("tests.support.echo:build", tmp_path, settings) as service:
+        client = EchoServiceClient(single_attempt_channels.connect(service.target))
+        codes = []
+        # alice floods; bob (a bucket of his own) makes one call that fails for itself
+        for message, caller in [("ok", "alice")] * 4 + [("fail:precondition", "bob")]:
+            try:
+                await client.echo(
+                    pb.EchoRequest(message=message), metadata=(("x-client-id", caller),)
+                )
+                codes.append(grpc.StatusCode.OK)
+            except grpc.aio.AioRpcError as error:
+                codes.append(error.code())
+        assert await asyncio.to_thread(service.terminate) == 0
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 2
+    assert codes[-1] == grpc.StatusCode.FAILED_PRECONDITION
+    records = json_lines(service.stderr())
+    assert [r["grpc_code"] for r in records if r.get("logger") == "grpc.access"] == [
+        "FAILED_PRECONDITION"
+    ]

@@ -24,7 +24,8 @@ from clients.errors import details_of, error_info
 from grpcplatform.testing.v1 import echo_pb2 as pb
 from grpcplatform.testing.v1.echo_platform import EchoServiceClient
 from interceptors.queue_delay import MAX_SHARE, STEP, QueueDelayGate
-from tests.support.net import running_service
+from tests.support.net import poll, running_service
+from tests.test_access_log import json_lines
 from tests.test_metrics import scrape, value
 
 BUSY_MS = 10
@@ -72,7 +73,7 @@ async def flood(client: EchoServiceClient, seconds: float) -> tuple[Flood, float
 async def test_cpu_bound_overload_is_shed_for_its_queue_and_recovers(
     tmp_path: Path, single_attempt_channels: ChannelFactory
 ) -> None:
-    with running_service("tests.support.echo:build", tmp_path, {"LOG_CALLS": "NONE"}) as server:
+    with running_service("tests.support.echo:build", tmp_path) as server:  # LOG_CALLS=ERRORS
         client = EchoServiceClient(single_attempt_channels.connect(server.target))
         result, _ = await flood(client, FLOOD_SECONDS)
 
@@ -90,24 +91,26 @@ async def test_cpu_bound_overload_is_shed_for_its_queue_and_recovers(
         # Shedding is not starving: the server kept doing useful work.
         assert len(result.served) > 0.3 * FLOOD_SECONDS * 1000 / BUSY_MS
 
-        # Recovery: the share halves every window once the loop keeps up again.
-        deadline = time.monotonic() + 10
-        in_a_row = 0
-        while in_a_row < 10:
-            assert time.monotonic() < deadline, "calls still shed after the overload ended"
-            try:
-                await client.echo(pb.EchoRequest(message="ok"), timeout=5)
-            except grpc.aio.AioRpcError as error:
-                result.shed.append(error)
-                in_a_row = 0
-                await asyncio.sleep(0.1)
-            else:
-                in_a_row += 1
-        assert {error.code() for error in result.shed} == {grpc.StatusCode.UNAVAILABLE}
+        # Recovery: the share halves every window once the queue is gone, to 0.
+        def gate_messages() -> list[str]:
+            records = json_lines(server.stderr())
+            return [r["message"] for r in records if r.get("logger") == "interceptors.queue_delay"]
+
+        stopped = "stopped shedding calls: the queue is gone"
+        await asyncio.to_thread(
+            poll, lambda: stopped in gate_messages(), 10, "the gate to stop shedding"
+        )
+        for _ in range(10):
+            await client.echo(pb.EchoRequest(message="ok"), timeout=5)
 
         samples = await asyncio.to_thread(scrape, server.admin_port)
         assert value(samples, "platform_server_shed_total", **ECHO) == len(result.shed)
         assert value(samples, "platform_server_queue_delay_seconds") < 0.05
+
+        # The log says when shedding started and stopped, not one line per shed call.
+        assert gate_messages()[0] == "shedding calls: they wait too long to start"
+        assert gate_messages()[-1] == stopped
+        assert not [r for r in json_lines(server.stderr()) if r.get("grpc_code") == "UNAVAILABLE"]
 
 
 async def test_without_the_gate_the_same_overload_queues_and_nothing_is_shed(
