@@ -170,9 +170,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "SHED_QUEUE_DELAY_SECONDS",
         "float",
-        "0.05",
+        "0",
         "Shed a growing share of calls while calls wait this long to start, for 0.25 s "
-        "(a CPU-bound overload, which the concurrency limit cannot see); 0: never.",
+        "(a CPU-bound overload, which the concurrency limit cannot see), e.g. 0.05; 0: off. "
+        "Off by default: its self-probe raises p99 at half load (README, Performance).",
     ),
     Setting(
         "SHUTDOWN_GRACE_SECONDS",

@@ -125,10 +125,11 @@ class Runtime:
                 f"cannot listen for admin HTTP on {admin} (ADMIN_PORT): {error.strerror}"
             ) from None
         await self.health.start()
-        probe = QueueProbe(
-            self.queue_delay, host_port(loopback_host(self.config.grpc_host), self.grpc_port)
-        )
-        self.queue_probe = asyncio.create_task(probe.run(), name="queue-probe")
+        if self.queue_delay.target > 0:
+            probe = QueueProbe(
+                self.queue_delay, host_port(loopback_host(self.config.grpc_host), self.grpc_port)
+            )
+            self.queue_probe = asyncio.create_task(probe.run(), name="queue-probe")
         self.workers = [
             asyncio.create_task(self._supervised(name, work()), name=name)
             for name, work in self.application.workers.items()
