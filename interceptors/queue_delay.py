@@ -24,6 +24,9 @@ calls is shed, by STEP per window up to MAX_SHARE, and once the delay is back
 under target the share halves per window (AIMD, as TCP does). A shed call
 costs the chain's rejection path, a small fraction of a CPU-bound handler's
 work, so the queue drains and the calls let through wait about `target`.
+Opt-in (SHED_QUEUE_DELAY_SECONDS): where handlers cost less than a rejection
+(about 1.3 small echo calls today) and callers do not back off, shedding
+keeps the queue it should drain; `make bench` saw a server held that way.
 
 Departures: calls are shed at random, not the oldest first (their age is in
 the core); the share is the process's, shared by all methods, like the

@@ -173,7 +173,8 @@ SETTINGS: tuple[Setting, ...] = (
         "0",
         "Shed a growing share of calls while calls wait this long to start, for 0.25 s "
         "(a CPU-bound overload, which the concurrency limit cannot see), e.g. 0.05; 0: off. "
-        "Off by default: its self-probe raises p99 at half load (README, Performance).",
+        "Off by default: with handlers cheaper than a rejection it can hold a server in "
+        "overload (README, the server chain).",
     ),
     Setting(
         "SHUTDOWN_GRACE_SECONDS",
