@@ -48,8 +48,7 @@ _log = logging.getLogger(__name__)
 class QueueDelayGate:
     """The latest queueing delay, and the share of new calls to shed for it (pure logic).
 
-    `target` 0 keeps the measurement (the `platform_server_queue_delay_seconds`
-    gauge) and never sheds.
+    `target` 0 never sheds (and server.runtime then runs no probe to feed it).
     """
 
     def __init__(self, target: float, window: float = 0.25) -> None:
