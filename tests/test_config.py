@@ -20,6 +20,7 @@ def test_defaults_parse() -> None:
     assert config.max_connection_age == 300.0
     assert config.max_connection_age_grace == 30.0
     assert dict(config.grpc_options())["grpc.max_connection_age_ms"] == 300_000
+    assert config.shed_queue_delay == 0.0  # queue-delay shedding is opt-in
 
 
 @pytest.mark.parametrize(
@@ -33,6 +34,8 @@ def test_defaults_parse() -> None:
         ("SHUTDOWN_DELAY_SECONDS", "-3"),
         ("GRPC_MAX_CONNECTION_AGE_SECONDS", "nan"),
         ("GRPC_MAX_RECEIVE_MESSAGE_BYTES", "12"),
+        ("SHED_QUEUE_DELAY_SECONDS", "-0.05"),
+        ("SHED_QUEUE_DELAY_SECONDS", "50ms"),
     ],
 )
 def test_bad_value_names_the_variable(name: str, value: str) -> None:
