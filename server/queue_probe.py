@@ -10,8 +10,8 @@ chain, so the probe is never shed, counted or logged as a call.
 
 A check that times out is a sample of `timeout`; any other failure (the
 server stopping) is no sample. Cost: one small call per interval (about
-0.2 ms of CPU, so about 0.2% of one core at the default 0.1 s; 12
-alternating open-loop runs showed no effect on p99). The runtime runs the
+0.2 ms of CPU, so about 0.2% of one core at the default 0.1 s). Its effect
+on p99 is not settled (README, the server chain), so the runtime runs the
 probe only when SHED_QUEUE_DELAY_SECONDS is set, while the server serves,
 and stops it before the drain.
 """
