@@ -59,6 +59,11 @@ class QueueDelayGate:
         self._window_min = math.inf
         self._window_end: float | None = None
 
+    @property
+    def on(self) -> bool:
+        """Whether it can shed at all (the runtime probes only then)."""
+        return self.target > 0
+
     def observe(self, delay: float, now: float) -> None:
         """One sample: a call that arrived `delay` seconds before `now` was answered."""
         self.delay = delay
@@ -69,7 +74,7 @@ class QueueDelayGate:
             return
         if now < self._window_end:
             return
-        if self.target > 0 and self._window_min > self.target:
+        if self.on and self._window_min > self.target:
             if not self.share:
                 _log.warning(
                     "shedding calls: they wait too long to start",

@@ -112,23 +112,21 @@ class SheddingLayer:
     def begin(self, call: ServerCall) -> None:
         share = self.gate.share
         if share and random() < share:  # noqa: S311 - a load share, not a secret
-            self.stats.shed += 1
-            raise Shed(
-                "server overloaded; retry later",
-                reason="LOAD_SHED",
-                metadata={"queueDelayMs": str(round(self.gate.delay * 1000))},
-                retry_after=self.gate.window,
-            )
+            raise self._shed("queueDelayMs", round(self.gate.delay * 1000), self.gate.window)
         if not self.limiter.try_acquire():
-            self.stats.shed += 1
-            retry_after = max(0.05, self.limiter.long_rtt)
-            raise Shed(
-                "server overloaded; retry later",
-                reason="LOAD_SHED",
-                metadata={"concurrencyLimit": str(int(self.limiter.limit))},
-                retry_after=round(retry_after, 3),
-            )
+            retry_after = round(max(0.05, self.limiter.long_rtt), 3)
+            raise self._shed("concurrencyLimit", int(self.limiter.limit), retry_after)
         call.shed_slot = True
+
+    def _shed(self, cause: str, value: int, retry_after: float) -> Shed:
+        """The rejection, counted; `cause` names the measure that asked for it."""
+        self.stats.shed += 1
+        return Shed(
+            "server overloaded; retry later",
+            reason="LOAD_SHED",
+            metadata={cause: str(value)},
+            retry_after=retry_after,
+        )
 
     def end(self, call: ServerCall) -> None:
         if call.shed_slot:

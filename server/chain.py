@@ -73,7 +73,7 @@ def build_server_chain(
         )
     )
     metrics.concurrency_limit = lambda: limiter.limit
-    if queue_delay.target > 0:  # else nothing measures it (server.runtime)
+    if queue_delay.on:  # else nothing measures it (server.runtime)
         metrics.queue_delay = lambda: queue_delay.delay
 
     def steps_for(policy: MethodPolicy) -> Steps:

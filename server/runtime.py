@@ -125,7 +125,7 @@ class Runtime:
                 f"cannot listen for admin HTTP on {admin} (ADMIN_PORT): {error.strerror}"
             ) from None
         await self.health.start()
-        if self.queue_delay.target > 0:
+        if self.queue_delay.on:
             probe = QueueProbe(
                 self.queue_delay, host_port(loopback_host(self.config.grpc_host), self.grpc_port)
             )
