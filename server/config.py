@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from interceptors.ratelimit import Rate
+from server.event_loop import EVENT_LOOPS
 
 _INTEGER = re.compile(r"-?[0-9]+")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -52,6 +53,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Address of the admin HTTP port (`/health`, `/ready`, `/metrics`).",
     ),
     Setting("ADMIN_PORT", "port", "8081", "Admin HTTP port (0: any free port)."),
+    Setting(
+        "EVENT_LOOP",
+        "UVLOOP or ASYNCIO",
+        "UVLOOP",
+        "Event loop of the process: uvloop (grpc.aio's per-call scheduling costs less) "
+        "or the standard library's.",
+    ),
     Setting(
         "LOG_LEVEL",
         "level",
@@ -319,6 +327,7 @@ class ServerConfig:
     grpc_port: int
     admin_host: str
     admin_port: int
+    event_loop: str
     log_level: int
     max_receive_message_bytes: int
     max_send_message_bytes: int
@@ -354,6 +363,7 @@ class ServerConfig:
             grpc_port=read.port("GRPC_PORT"),
             admin_host=read.string("ADMIN_HOST"),
             admin_port=read.port("ADMIN_PORT"),
+            event_loop=read.choice("EVENT_LOOP", EVENT_LOOPS),
             log_level=logging.getLevelNamesMapping()[read.choice("LOG_LEVEL", LOG_LEVELS)],
             max_receive_message_bytes=read.integer("GRPC_MAX_RECEIVE_MESSAGE_BYTES", minimum=1024),
             max_send_message_bytes=read.integer("GRPC_MAX_SEND_MESSAGE_BYTES", minimum=1024),

@@ -3,7 +3,8 @@
 Reads and validates all configuration, then builds the application through
 its factory, and only then binds ports, so a bad setting exits 2 with one
 line naming the variable and nothing starts half-way. Runs until SIGTERM or
-SIGINT, drains (server.shutdown) and exits 0.
+SIGINT, drains (server.shutdown) and exits 0. The process runs on the event
+loop `EVENT_LOOP` names (server.event_loop: uvloop by default).
 
 Once serving, the start-up heap (modules, descriptors, compiled rules:
 hundreds of thousands of objects that live as long as the process) is moved
@@ -30,6 +31,7 @@ from interceptors.metrics import RpcMetrics
 from interceptors.retry import RetryBudget
 from server.application import RuntimeContext, load_factory
 from server.config import ConfigError, EnvReader, ServerConfig
+from server.event_loop import loop_factory
 from server.logs import configure_logging
 from server.runtime import Runtime, StartupError, process_registry
 from server.shutdown import ShutdownSignal
@@ -79,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = ServerConfig.from_env(env)
         configure_logging(config.service, config.log_level)
-        asyncio.run(serve(config, env))
+        with asyncio.Runner(loop_factory=loop_factory(config.event_loop)) as runner:
+            runner.run(serve(config, env))
     except (ConfigError, SettingsError) as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return EXIT_CONFIG

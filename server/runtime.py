@@ -27,6 +27,7 @@ from server.application import Application
 from server.chain import build_server_chain
 from server.config import ServerConfig
 from server.dispatch import MethodTable
+from server.event_loop import loop_name
 from server.health import HealthState
 from server.queue_probe import QueueProbe, loopback_host
 from server.reflection import enable_reflection
@@ -140,6 +141,7 @@ class Runtime:
                 "services": [s.SERVICE_NAME for s in self.application.servicers],
                 "grpc_port": self.grpc_port,
                 "admin_port": self.admin.port,
+                "event_loop": loop_name(asyncio.get_running_loop()),
             },
         )
 

@@ -21,6 +21,7 @@ def test_defaults_parse() -> None:
     assert config.max_connection_age_grace == 30.0
     assert dict(config.grpc_options())["grpc.max_connection_age_ms"] == 300_000
     assert config.shed_queue_delay == 0.0  # queue-delay shedding is opt-in
+    assert config.event_loop == "UVLOOP"
 
 
 @pytest.mark.parametrize(
@@ -30,6 +31,7 @@ def test_defaults_parse() -> None:
         ("GRPC_PORT", "70000"),
         ("ADMIN_PORT", "-1"),
         ("LOG_LEVEL", "LOUD"),
+        ("EVENT_LOOP", "trio"),
         ("SHUTDOWN_GRACE_SECONDS", "soon"),
         ("SHUTDOWN_DELAY_SECONDS", "-3"),
         ("GRPC_MAX_CONNECTION_AGE_SECONDS", "nan"),
