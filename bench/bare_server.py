@@ -5,8 +5,10 @@ health, no reflection, no admin port: what a hand-rolled grpcio service is.
 Its methods are registered as grpcio's generated `add_*Servicer_to_server`
 registers them (`add_registered_method_handlers`). With `--table` they are
 served from the platform's one generic handler instead (server.dispatch),
-which separates what the chain costs from what the dispatch saves.
-Usage: python -m bench.bare_server PORT [--table]
+which separates what the chain costs from what the dispatch saves. With
+`--uvloop` it runs on uvloop, the platform runtime's loop (server.event_loop),
+which separates what the chain costs from what the loop saves.
+Usage: python -m bench.bare_server PORT [--table] [--uvloop]
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import grpc
 
 from server.config import ServerConfig
 from server.dispatch import MethodTable
+from server.event_loop import loop_factory
 from tests.support.echo import EchoService
 
 
@@ -46,5 +49,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("port", type=int)
     parser.add_argument("--table", action="store_true")
+    parser.add_argument("--uvloop", action="store_true")
     arguments = parser.parse_args()
-    asyncio.run(serve(arguments.port, arguments.table))
+    with asyncio.Runner(
+        loop_factory=loop_factory("UVLOOP" if arguments.uvloop else "ASYNCIO")
+    ) as runner:
+        runner.run(serve(arguments.port, arguments.table))

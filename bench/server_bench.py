@@ -5,27 +5,32 @@ turn, by the same load generator: h2load (nghttp2-client) speaking gRPC over
 HTTP/2 with a length-prefixed EchoRequest.
 
 - bare: bench.bare_server, methods registered as grpcio's generated code
-  registers them: what a hand-rolled service is. The target's baseline.
-- table: the same bare server serving its methods from the platform's one
-  generic handler (server.dispatch), no chain: the platform's dispatch alone.
+  registers them, on asyncio's loop: what a hand-rolled service is. The
+  target's baseline.
 - chain: `python -m server` with every default layer on (correlation,
   tracing context, metrics, access log of failures, deadline, shedding,
-  validation), health, reflection and the admin port.
+  validation), health, reflection and the admin port, on its default loop,
+  uvloop (server.event_loop).
+- table: the bare server on uvloop serving its methods from the platform's
+  one generic handler (server.dispatch), no chain: chain / table is the
+  chain's own cost.
+- bare_uvloop: the bare server on uvloop: table / bare_uvloop is what the
+  dispatch saves, and bare_uvloop / bare what the loop saves.
 - logged: the chain with LOG_CALLS=ALL (a JSON line per call), to show what
   that costs.
 
 1. Saturation: closed loop, 4 connections x 16 streams, ROUNDS rounds of
    DURATION seconds per server; each round runs every server once (bare,
-   chain, table, logged, reversed every other round). The machine is shared
+   chain, table, bare_uvloop, logged, reversed every other round). The machine is shared
    and its speed drifts, so a ratio is taken within each round between runs
    back to back, and the median of those is reported with its range. The
    server's CPU time per call (all its threads) is reported beside calls/s:
    its ratio moves less when the machine slows down.
 2. Latency under load: open loop at half of the bare server's saturation
-   throughput, the same rate for bare and chain, LATENCY_PAIRS pairs run
-   back to back in alternating order; p50 and p99 from h2load's per-request
-   logs, and the median of the pairs' p99 ratios (one run's p99 is at the
-   mercy of a single stall of the shared machine).
+   throughput, the same rate for bare, chain and bare_uvloop, LATENCY_PAIRS
+   sets run back to back in alternating order; p50 and p99 from h2load's
+   per-request logs, and the median of the sets' p99 ratios (one run's p99 is
+   at the mercy of a single stall of the shared machine).
    h2load's `--rps` sends on a 10 ms tick, all its connections together: one
    h2load at 4000/s sends bursts of 40 every 10 ms, and its p99 is the time
    to drain a burst, not latency at that load. So the rate is split over
@@ -34,9 +39,10 @@ HTTP/2 with a length-prefixed EchoRequest.
    independent arrivals of many clients.
 
 Targets (issue 3): chain throughput >= 85% of bare; chain p99 at that rate
-<= 1.3x bare's. Results go to stdout and build/bench/server.json. After the
-chain runs, /metrics is scraped to prove every call was answered OK (h2load
-counts HTTP 200, and gRPC errors are HTTP 200 too).
+<= 1.3x bare's. Both are also given against bare_uvloop. Results go to
+stdout and build/bench/server.json. After the chain runs, /metrics is
+scraped to prove every call was answered OK (h2load counts HTTP 200, and
+gRPC errors are HTTP 200 too).
 """
 
 from __future__ import annotations
@@ -71,7 +77,6 @@ SENDERS = 20  # open-loop h2load processes, one connection each
 WARM_UP = 2  # seconds of each h2load run before it measures
 TICK = 0.01  # h2load's --rps timer
 PATH = "/grpcplatform.testing.v1.EchoService/Echo"
-PERCENTILES = ("p50_ms", "p99_ms")
 
 
 @dataclass
@@ -242,7 +247,7 @@ def paired_cpu_ratios(runs: dict[str, list[Run]], name: str, baseline: str) -> l
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     # The order of the runs in a round: the ratios that matter are of neighbours.
-    ports = {name: free_port() for name in ("bare", "chain", "table", "logged")}
+    ports = {name: free_port() for name in ("bare", "chain", "table", "bare_uvloop", "logged")}
     admin_port, logged_admin = free_port(), free_port()
     env = dict(os.environ)
     chain_env = service_env("tests.support.echo:build", ports["chain"], admin_port)
@@ -257,7 +262,13 @@ def main() -> int:
             lambda: port_open(ports["bare"]),
         ) as bare,
         process(
-            [PYTHON, "-m", "bench.bare_server", str(ports["table"]), "--table"],
+            [PYTHON, "-m", "bench.bare_server", str(ports["bare_uvloop"]), "--uvloop"],
+            env,
+            OUT / "bare-uvloop.log",
+            lambda: port_open(ports["bare_uvloop"]),
+        ) as bare_uvloop,
+        process(
+            [PYTHON, "-m", "bench.bare_server", str(ports["table"]), "--table", "--uvloop"],
             env,
             OUT / "table.log",
             lambda: port_open(ports["table"]),
@@ -277,7 +288,7 @@ def main() -> int:
     ):
         servers = {
             name: psutil.Process(started.pid)
-            for name, started in zip(ports, (bare, chain, table, logged), strict=True)
+            for name, started in zip(ports, (bare, chain, table, bare_uvloop, logged), strict=True)
         }
         saturation: dict[str, list[Run]] = {name: [] for name in ports}
         for round_index in range(ROUNDS):
@@ -285,35 +296,44 @@ def main() -> int:
                 run = h2load(ports[name], f"{name}-sat-{round_index}", servers[name])
                 saturation[name].append(run)
                 shown = f"{run.rps:8.0f} calls/s, {run.cpu_us_per_call:5.0f} us CPU per call"
-                print(f"  round {round_index + 1} {name:6}: {shown}", flush=True)
+                print(f"  round {round_index + 1} {name:11}: {shown}", flush=True)
         bare_rps = statistics.median(r.rps for r in saturation["bare"])
         half = bare_rps / 2
-        open_loop: dict[str, list[Run]] = {"bare": [], "chain": []}
+        latency_order = ["bare", "chain", "bare_uvloop"]
+        open_loop: dict[str, list[Run]] = {name: [] for name in latency_order}
         for pair in range(LATENCY_PAIRS):
-            for name in ("bare", "chain") if pair % 2 == 0 else ("chain", "bare"):
+            for name in round_order(latency_order, pair):
                 run = open_loop_run(ports[name], f"{name}-half-{pair}", half)
                 open_loop[name].append(run)
                 latency = f"p50 {run.p50_ms:.2f} ms, p99 {run.p99_ms:.2f} ms"
-                print(f"  pair {pair + 1} {name:6}: {latency}", flush=True)
+                print(f"  set {pair + 1} {name:11}: {latency}", flush=True)
         rejected = non_ok_calls(admin_port) + non_ok_calls(logged_admin)
     median_rps = {name: statistics.median(r.rps for r in runs) for name, runs in saturation.items()}
     ratios = {
         "chain": paired_ratios(saturation, "chain", "bare"),
         "table": paired_ratios(saturation, "table", "bare"),
         "chain_vs_table": paired_ratios(saturation, "chain", "table"),
+        "table_vs_uvloop": paired_ratios(saturation, "table", "bare_uvloop"),
+        "bare_uvloop": paired_ratios(saturation, "bare_uvloop", "bare"),
+        "chain_vs_uvloop": paired_ratios(saturation, "chain", "bare_uvloop"),
         "logged": paired_ratios(saturation, "logged", "bare"),
     }
-    for name in ("chain", "table", "logged"):
+    for name in ("chain", "table", "logged", "bare_uvloop"):
         ratios[f"{name}_cpu"] = paired_cpu_ratios(saturation, name, "bare")
     ratios["chain_vs_table_cpu"] = paired_cpu_ratios(saturation, "chain", "table")
+    ratios["table_vs_uvloop_cpu"] = paired_cpu_ratios(saturation, "table", "bare_uvloop")
+    ratios["chain_vs_uvloop_cpu"] = paired_cpu_ratios(saturation, "chain", "bare_uvloop")
     ratio = {name: statistics.median(values) for name, values in ratios.items()}
     median_cpu = {
         name: statistics.median(run.cpu_us_per_call for run in runs)
         for name, runs in saturation.items()
     }
-    p99_ratios = [
-        c.p99_ms / b.p99_ms for b, c in zip(open_loop["bare"], open_loop["chain"], strict=True)
-    ]
+
+    def p99_ratios_to(baseline: str) -> list[float]:
+        pairs = zip(open_loop[baseline], open_loop["chain"], strict=True)
+        return [chain.p99_ms / base.p99_ms for base, chain in pairs]
+
+    p99_ratios, p99_ratios_uvloop = p99_ratios_to("bare"), p99_ratios_to("bare_uvloop")
     result = {
         "machine": machine(),
         "load": f"h2load, {CLIENTS} connections x {STREAMS} streams, {ROUNDS} x {DURATION} s",
@@ -326,6 +346,8 @@ def main() -> int:
         "open_loop": {name: [asdict(run) for run in runs] for name, runs in open_loop.items()},
         "p99_ratios": p99_ratios,
         "p99_ratio": statistics.median(p99_ratios),
+        "p99_ratios_to_uvloop": p99_ratios_uvloop,
+        "p99_ratio_to_uvloop": statistics.median(p99_ratios_uvloop),
         "chain_non_ok_calls": rejected,
         "rounds": {name: [asdict(r) for r in runs] for name, runs in saturation.items()},
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -342,7 +364,8 @@ def main() -> int:
     print("| --- | --- | --- | --- | --- | --- |")
     rows = (
         ("bare grpc.aio", "bare", ""),
-        ("bare, served from the platform's table", "table", ""),
+        ("bare grpc.aio on uvloop", "bare_uvloop", ""),
+        ("bare on uvloop, served from the platform's table", "table", ""),
         ("full default chain", "chain", ">= 0.85"),
         ("same, with LOG_CALLS=ALL", "logged", ""),
     )
@@ -351,22 +374,38 @@ def main() -> int:
         cost = f"{median_cpu[name]:.0f} us | "
         shown += cost + ("1" if name == "bare" else spread(f"{name}_cpu"))
         print(f"| {label} | {median_rps[name]:.0f} | {shown} | {target} |")
-    print(
-        f"the chain's own cost (chain / table): {spread('chain_vs_table')} in calls/s, "
-        f"{spread('chain_vs_table_cpu')} in calls per CPU-second"
-    )
-    b50, b99 = (statistics.median(getattr(r, f) for r in open_loop["bare"]) for f in PERCENTILES)
-    c50, c99 = (statistics.median(getattr(r, f) for r in open_loop["chain"]) for f in PERCENTILES)
+    print("on uvloop, the platform's loop (calls/s; calls per CPU-second):")
+    for label, name in (
+        ("the chain's own cost, chain / table", "chain_vs_table"),
+        ("the platform's dispatch, table / bare on uvloop", "table_vs_uvloop"),
+        ("both, chain / bare on uvloop", "chain_vs_uvloop"),
+    ):
+        print(f"- {label}: {spread(name)}; {spread(f'{name}_cpu')}")
+
+    def median_of(name: str, field: str) -> float:
+        return float(statistics.median(getattr(run, field) for run in open_loop[name]))
+
     print()
     print(
-        f"open loop at {half:.0f}/s from {SENDERS} h2load senders, {LATENCY_PAIRS} pairs: "
-        "medians, and the pairs' p99 ratios"
+        f"open loop at {half:.0f}/s from {SENDERS} h2load senders, {LATENCY_PAIRS} sets: "
+        "medians, and the sets' p99 ratios"
     )
-    print("| latency | bare | chain | ratio | target |")
-    print("| --- | --- | --- | --- | --- |")
-    print(f"| p50 | {b50:.2f} ms | {c50:.2f} ms | {c50 / b50:.2f} | |")
-    span = f"{min(p99_ratios):.2f}-{max(p99_ratios):.2f}"
-    print(f"| p99 | {b99:.2f} ms | {c99:.2f} ms | {result['p99_ratio']:.2f} ({span}) | <= 1.3 |")
+    print("| latency | bare | bare on uvloop | chain | chain / bare | chain / bare on uvloop |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for field, ratios_to_bare, ratios_to_uvloop in (
+        ("p50_ms", None, None),
+        ("p99_ms", p99_ratios, p99_ratios_uvloop),
+    ):
+        b, u, c = (median_of(name, field) for name in ("bare", "bare_uvloop", "chain"))
+        if ratios_to_bare is None or ratios_to_uvloop is None:
+            shown = f"{c / b:.2f} | {c / u:.2f}"
+        else:
+            shown = " | ".join(
+                f"{statistics.median(r):.2f} ({min(r):.2f}-{max(r):.2f})"
+                for r in (ratios_to_bare, ratios_to_uvloop)
+            )
+        print(f"| {field[:3]} | {b:.2f} ms | {u:.2f} ms | {c:.2f} ms | {shown} |")
+    print("targets: chain / bare calls/s >= 0.85, p99 <= 1.3")
     print(
         f"chain calls answered other than OK: {rejected}; h2load failures: "
         + ", ".join(f"{name} {sum(r.failed for r in runs)}" for name, runs in saturation.items())
