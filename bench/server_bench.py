@@ -30,7 +30,9 @@ HTTP/2 with a length-prefixed EchoRequest.
    throughput, the same rate for bare, chain and bare_uvloop, LATENCY_PAIRS
    sets run back to back in alternating order; p50 and p99 from h2load's
    per-request logs, and the median of the sets' p99 ratios (one run's p99 is
-   at the mercy of a single stall of the shared machine).
+   at the mercy of a single stall of the shared machine). Beside them, the
+   share of the time the server's event loop thread ran: how close to its
+   capacity the rate puts each server, which is what p99 follows.
    h2load's `--rps` sends on a 10 ms tick, all its connections together: one
    h2load at 4000/s sends bursts of 40 every 10 ms, and its p99 is the time
    to drain a burst, not latency at that load. So the rate is split over
@@ -64,7 +66,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.cpu import cpu_seconds
+from bench.cpu import cpu_seconds, main_thread_seconds
 from grpcplatform.testing.v1 import echo_pb2
 from tests.support.net import PYTHON, ROOT, free_port, poll, port_open, ready_status, service_env
 
@@ -87,6 +89,7 @@ class Run:
     p50_ms: float
     p99_ms: float
     cpu_us_per_call: float = 0.0  # the server's, all threads (closed loop only)
+    loop_busy: float = 0.0  # share of the time its event loop thread ran (open loop only)
 
 
 @functools.cache
@@ -168,15 +171,19 @@ def h2load(port: int, label: str, server: psutil.Process) -> Run:
     return run
 
 
-def open_loop_run(port: int, label: str, rate: float) -> Run:
-    """`rate` calls/s from SENDERS h2load processes started a fraction of a tick apart."""
+def open_loop_run(port: int, label: str, rate: float, server: psutil.Process) -> Run:
+    """`rate` calls/s from SENDERS h2load processes started a fraction of a tick apart,
+    and how busy the server's event loop thread was while they measured."""
     logs = [OUT / f"h2load-{label}-{sender}.log" for sender in range(SENDERS)]
     senders = []
     for log in logs:
         command = h2load_command(port, log, 1, rate / SENDERS)
         senders.append(subprocess.Popen(command, stdout=subprocess.PIPE, text=True))
         time.sleep(TICK / SENDERS)
+    time.sleep(WARM_UP)
+    loop_before, started = main_thread_seconds(server), time.monotonic()
     outputs = [sender.communicate()[0] for sender in senders]
+    loop_busy = (main_thread_seconds(server) - loop_before) / (time.monotonic() - started)
     if any(sender.returncode != 0 for sender in senders):
         raise RuntimeError(f"an h2load sender failed:\n{outputs}")
     durations = sorted(d for log in logs for d in measured_durations(log.read_text().splitlines()))
@@ -187,6 +194,7 @@ def open_loop_run(port: int, label: str, rate: float) -> Run:
         failed=sum(failed for _, _, failed in parts),
         p50_ms=percentile(durations, 0.5),
         p99_ms=percentile(durations, 0.99),
+        loop_busy=loop_busy,
     )
 
 
@@ -303,9 +311,12 @@ def main() -> int:
         open_loop: dict[str, list[Run]] = {name: [] for name in latency_order}
         for pair in range(LATENCY_PAIRS):
             for name in round_order(latency_order, pair):
-                run = open_loop_run(ports[name], f"{name}-half-{pair}", half)
+                run = open_loop_run(ports[name], f"{name}-half-{pair}", half, servers[name])
                 open_loop[name].append(run)
-                latency = f"p50 {run.p50_ms:.2f} ms, p99 {run.p99_ms:.2f} ms"
+                latency = (
+                    f"p50 {run.p50_ms:.2f} ms, p99 {run.p99_ms:.2f} ms, "
+                    f"event loop busy {run.loop_busy:.0%}"
+                )
                 print(f"  set {pair + 1} {name:11}: {latency}", flush=True)
         rejected = non_ok_calls(admin_port) + non_ok_calls(logged_admin)
     median_rps = {name: statistics.median(r.rps for r in runs) for name, runs in saturation.items()}
@@ -405,6 +416,8 @@ def main() -> int:
                 for r in (ratios_to_bare, ratios_to_uvloop)
             )
         print(f"| {field[:3]} | {b:.2f} ms | {u:.2f} ms | {c:.2f} ms | {shown} |")
+    b, u, c = (median_of(name, "loop_busy") for name in ("bare", "bare_uvloop", "chain"))
+    print(f"| event loop busy | {b:.0%} | {u:.0%} | {c:.0%} | {c / b:.2f} | {c / u:.2f} |")
     print("targets: chain / bare calls/s >= 0.85, p99 <= 1.3")
     print(
         f"chain calls answered other than OK: {rejected}; h2load failures: "
