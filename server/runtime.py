@@ -27,7 +27,7 @@ from server.application import Application
 from server.chain import build_server_chain
 from server.config import ServerConfig
 from server.dispatch import MethodTable
-from server.event_loop import loop_name
+from server.event_loop import EventLoopCpu, loop_name
 from server.health import HealthState
 from server.queue_probe import QueueProbe, loopback_host
 from server.reflection import enable_reflection
@@ -126,6 +126,7 @@ class Runtime:
                 f"cannot listen for admin HTTP on {admin} (ADMIN_PORT): {error.strerror}"
             ) from None
         await self.health.start()
+        EventLoopCpu(self.registry)  # started here: on the loop's own thread
         if self.queue_delay.on:
             probe = QueueProbe(
                 self.queue_delay, host_port(loopback_host(self.config.grpc_host), self.grpc_port)

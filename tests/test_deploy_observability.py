@@ -97,6 +97,7 @@ def test_alerts_cover_errors_latency_breakers_and_saturation() -> None:
     assert "platform_client_breaker_state" in alerts["CircuitBreakerOpen"]
     assert "platform_aws_breaker_state" in alerts["CircuitBreakerOpen"]
     assert "platform_server_concurrency_limit" in alerts["GrpcServerSaturated"]
+    assert "platform_server_event_loop_cpu_seconds_total" in alerts["GrpcServerEventLoopBusy"]
 
 
 def test_hpa_metric_is_the_one_the_adapter_provides() -> None:

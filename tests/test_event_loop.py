@@ -2,13 +2,15 @@
 
 The rest of the suite's process tests (shutdown drains, deadlines, shedding,
 the ledger) run on the default, uvloop; this shows which loop a process is
-on and that the standard library's still serves, fails and drains alike.
+on and that the standard library's still serves, fails and drains alike,
+and that `/metrics` tells how busy the loop is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import grpc
@@ -19,6 +21,7 @@ from clients.errors import error_info
 from grpcplatform.testing.v1 import echo_pb2 as pb
 from grpcplatform.testing.v1.echo_platform import EchoServiceClient
 from tests.support.net import running_service
+from tests.test_metrics import scrape, value
 
 
 @pytest.mark.parametrize(("setting", "expected"), [(None, "uvloop"), ("asyncio", "asyncio")])
@@ -43,3 +46,25 @@ async def test_the_process_serves_on_the_configured_loop(
     assert len(serving) == 1
     assert serving[0]["event_loop"] == expected
     assert any(record["message"] == "stopped" for record in records)
+
+
+async def test_event_loop_cpu_counts_the_loop_threads_busy_time(tmp_path: Path) -> None:
+    """Idle, the counter barely moves; while a handler holds the loop, it follows the wall
+    clock, and never outruns it (one thread's time, not the process's)."""
+    loop_cpu = "platform_server_event_loop_cpu_seconds_total"
+    with running_service("tests.support.echo:build", tmp_path) as service:
+        channels = ChannelFactory()
+        client = EchoServiceClient(channels.connect(service.target))
+        await client.echo(pb.EchoRequest(message="warm"))
+        idle_from = value(await asyncio.to_thread(scrape, service.admin_port), loop_cpu)
+        await asyncio.sleep(1.0)
+        busy_from = value(await asyncio.to_thread(scrape, service.admin_port), loop_cpu)
+        started = time.monotonic()
+        for _ in range(10):
+            await client.echo(pb.EchoRequest(message="busy:100"))  # 100 ms on the loop
+        busy_to = value(await asyncio.to_thread(scrape, service.admin_port), loop_cpu)
+        elapsed = time.monotonic() - started
+        await channels.close()
+    assert idle_from > 0
+    assert busy_from - idle_from < 0.25
+    assert 0.6 < busy_to - busy_from <= elapsed + 0.05
