@@ -42,9 +42,10 @@ EVENT_LOOPS = ("UVLOOP", "ASYNCIO")
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
 
-def loop_factory(name: str) -> LoopFactory:
-    """`name` is a validated `EVENT_LOOP` value (server.config)."""
-    return uvloop.new_event_loop if name == "UVLOOP" else asyncio.new_event_loop
+def loop_factory(name: str) -> LoopFactory | None:
+    """For `asyncio.Runner`; `name` is a validated `EVENT_LOOP` value (server.config).
+    None for ASYNCIO: the Runner then does exactly what `asyncio.run` does."""
+    return uvloop.new_event_loop if name == "UVLOOP" else None
 
 
 def loop_name(loop: asyncio.AbstractEventLoop) -> str:

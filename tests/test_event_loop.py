@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -68,3 +69,15 @@ async def test_event_loop_cpu_counts_the_loop_threads_busy_time(tmp_path: Path) 
     assert idle_from > 0
     assert busy_from - idle_from < 0.25
     assert 0.6 < busy_to - busy_from <= elapsed + 0.05
+
+
+async def test_ctrl_c_drains_like_sigterm_on_uvloop(tmp_path: Path) -> None:
+    """asyncio.Runner has its own SIGINT handler (KeyboardInterrupt in the main task);
+    the runtime's must win, so Ctrl-C drains and exits 0 as SIGTERM does."""
+    with running_service("tests.support.echo:build", tmp_path) as service:
+        service.process.send_signal(signal.SIGINT)
+        assert await asyncio.to_thread(service.process.wait, 30) == 0
+    records = [json.loads(line) for line in service.stderr().splitlines() if line.strip()]
+    requested = [record for record in records if record["message"] == "shutdown requested"]
+    assert [record["signal"] for record in requested] == ["SIGINT"]
+    assert records[-1]["message"] == "stopped"
