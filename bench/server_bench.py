@@ -21,11 +21,12 @@ HTTP/2 with a length-prefixed EchoRequest.
 
 1. Saturation: closed loop, 4 connections x 16 streams, ROUNDS rounds of
    DURATION seconds per server; each round runs every server once (bare,
-   chain, table, bare_uvloop, logged, reversed every other round). The machine is shared
-   and its speed drifts, so a ratio is taken within each round between runs
-   back to back, and the median of those is reported with its range. The
-   server's CPU time per call (all its threads) is reported beside calls/s:
-   its ratio moves less when the machine slows down.
+   chain, table, bare_uvloop, logged, reversed every other round). The
+   machine is shared and its speed drifts, so a ratio is taken within each
+   round between runs back to back, and the median of those is reported
+   with its range. The server's CPU time per call (all its threads) is
+   reported beside calls/s: its ratio moves less when the machine slows
+   down.
 2. Latency under load: open loop at half of the bare server's saturation
    throughput, the same rate for bare, chain and bare_uvloop, LATENCY_PAIRS
    sets run back to back in alternating order; p50 and p99 from h2load's
