@@ -5,8 +5,9 @@
 serves, through one `MethodTable` (server.dispatch), the application's
 servicers behind the chain, the standard health service and server
 reflection (so `grpcurl list/describe` needs no proto files); then it
-starts the admin HTTP port and the probe of its own queueing delay
-(server.queue_probe). `Runtime.stop()` is the drain of server.shutdown.
+starts the admin HTTP port, exports its event loop's CPU time
+(server.event_loop) and, when configured, the probe of its own queueing
+delay (server.queue_probe). `Runtime.stop()` is the drain of server.shutdown.
 """
 
 from __future__ import annotations
