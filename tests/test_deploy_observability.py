@@ -100,12 +100,29 @@ def test_alerts_cover_errors_latency_breakers_and_saturation() -> None:
     assert "platform_server_event_loop_cpu_seconds_total" in alerts["GrpcServerEventLoopBusy"]
 
 
-def test_hpa_metric_is_the_one_the_adapter_provides() -> None:
+def test_hpa_metrics_are_the_ones_the_adapter_provides() -> None:
     provided = {rule["name"]["as"] for rule in adapter_rules()}
     for hpa in of_kind(objects("prod"), "HorizontalPodAutoscaler"):
-        pods = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
-        assert pods
+        pods = {
+            m["pods"]["metric"]["name"]: m["pods"]["target"]["averageValue"]
+            for m in hpa["spec"]["metrics"]
+            if m["type"] == "Pods"
+        }
+        assert set(pods) == {"platform_server_in_flight", "platform_server_event_loop_busy"}
         assert set(pods) <= provided
+        # A share of one thread's time: a target at or above 1 (1000m) would never fire.
+        assert 0 < quantity(pods["platform_server_event_loop_busy"]) < 1
+
+
+def test_event_loop_busy_is_a_rate_of_the_loops_cpu_clock() -> None:
+    (rule,) = [r for r in adapter_rules() if r["name"]["as"] == "platform_server_event_loop_busy"]
+    assert rule["seriesQuery"].startswith("platform_server_event_loop_cpu_seconds_total{")
+    assert "rate(<<.Series>>" in rule["metricsQuery"]
+
+
+def quantity(value: str) -> float:
+    """A Kubernetes quantity as the HPA reads it: plain or milli (`600m`)."""
+    return int(value[:-1]) / 1000 if value.endswith("m") else float(value)
 
 
 def test_vpa_only_recommends_and_targets_the_deployment() -> None:
