@@ -25,6 +25,7 @@ import grpc
 import pytest
 
 from clients.channel import ChannelFactory
+from interceptors.retry import RETRIED_WITH_HINT, server_hint
 from ledger.v1 import accounts_pb2, money_pb2, transfers_pb2
 from ledger.v1.accounts_platform import AccountsClient
 from ledger.v1.transfers_platform import TransfersClient
@@ -111,15 +112,22 @@ def eur(minor_units: int) -> money_pb2.Money:
 
 
 async def until_answered(call: object, what: str, timeout: float = 120.0) -> object:
-    """Repeats an idempotent call (same request) until it gets an answer."""
+    """Repeats an idempotent call (same request) until it gets an answer. Transient as
+    PLATFORM.md defines it: the RETRYABLE codes, and RESOURCE_EXHAUSTED or ABORTED when
+    the server says when to retry (e.g. a full bulkhead to DynamoDB while sagas recover
+    after a kill)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             return await call()  # type: ignore[operator]
         except grpc.aio.AioRpcError as error:
-            if error.code() not in RETRYABLE or time.monotonic() > deadline:
+            hint = server_hint(error.trailing_metadata())
+            transient = error.code() in RETRYABLE or (
+                error.code() in RETRIED_WITH_HINT and hint.delay is not None
+            )
+            if not transient or time.monotonic() > deadline:
                 raise AssertionError(f"{what}: {error.code()} {error.details()}") from error
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(max(0.2, hint.delay or 0.0))
 
 
 async def test_money_is_conserved_through_faults_and_kills(
