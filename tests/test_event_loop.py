@@ -9,7 +9,6 @@ and that `/metrics` tells how busy the loop is.
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from clients.errors import error_info
 from grpcplatform.testing.v1 import echo_pb2 as pb
 from grpcplatform.testing.v1.echo_platform import EchoServiceClient
 from tests.support.net import running_service
+from tests.test_access_log import json_lines
 from tests.test_metrics import scrape, value
 
 
@@ -42,7 +42,7 @@ async def test_the_process_serves_on_the_configured_loop(
     info = error_info(refused.value)
     assert info is not None
     assert info.reason == "WRONG_STATE"
-    records = [json.loads(line) for line in service.stderr().splitlines() if line.strip()]
+    records = json_lines(service.stderr())
     serving = [record for record in records if record["message"] == "serving"]
     assert len(serving) == 1
     assert serving[0]["event_loop"] == expected
@@ -77,7 +77,7 @@ async def test_ctrl_c_drains_like_sigterm_on_uvloop(tmp_path: Path) -> None:
     with running_service("tests.support.echo:build", tmp_path) as service:
         service.process.send_signal(signal.SIGINT)
         assert await asyncio.to_thread(service.process.wait, 30) == 0
-    records = [json.loads(line) for line in service.stderr().splitlines() if line.strip()]
+    records = json_lines(service.stderr())
     requested = [record for record in records if record["message"] == "shutdown requested"]
     assert [record["signal"] for record in requested] == ["SIGINT"]
     assert records[-1]["message"] == "stopped"
