@@ -18,13 +18,17 @@ HTTP/2 with a length-prefixed EchoRequest.
   dispatch saves, and bare_uvloop / bare what the loop saves.
 - logged: the chain with LOG_CALLS=ALL (a JSON line per call), to show what
   that costs.
+- rejecting: the chain with a rate limit of 1 call/s, so it answers nearly
+  every call RESOURCE_EXHAUSTED with its rich details: what a rejection costs
+  beside a served call (issue 3: rejections cost almost nothing).
 
 1. Saturation: closed loop, 4 connections x 16 streams, ROUNDS rounds of
    DURATION seconds per server; each round runs every server once (bare,
    chain, table, bare_uvloop, logged, reversed every other round). The
    machine is shared and its speed drifts, so a ratio is taken within each
    round between runs back to back, and the median of those is reported
-   with its range. The server's CPU time per call (all its threads) is
+   with its range (rejecting runs last, four runs after the chain it is
+   compared with). The server's CPU time per call (all its threads) is
    reported beside calls/s: its ratio moves less when the machine slows
    down.
 2. Latency under load: open loop at half of the bare server's saturation
@@ -213,18 +217,22 @@ def process(
         proc.wait(30)
 
 
-def non_ok_calls(admin_port: int) -> int:
+def handled_calls(admin_port: int) -> tuple[int, int]:
+    """Calls the server answered OK and otherwise, from its /metrics."""
     from prometheus_client.parser import text_string_to_metric_families
 
     from tests.support.net import http_get
 
     _, body = http_get(f"http://127.0.0.1:{admin_port}/metrics")
-    total = 0
+    ok = other = 0
     for family in text_string_to_metric_families(body.decode()):
         for sample in family.samples:
-            if sample.name == "grpc_server_handled_total" and sample.labels["grpc_code"] != "OK":
-                total += int(sample.value)
-    return total
+            if sample.name == "grpc_server_handled_total":
+                if sample.labels["grpc_code"] == "OK":
+                    ok += int(sample.value)
+                else:
+                    other += int(sample.value)
+    return ok, other
 
 
 def machine() -> str:
@@ -260,12 +268,16 @@ def median_and_range(values: list[float]) -> str:
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     # The order of the runs in a round: the ratios that matter are of neighbours.
-    ports = {name: free_port() for name in ("bare", "chain", "table", "bare_uvloop", "logged")}
-    admin_port, logged_admin = free_port(), free_port()
+    names = ("bare", "chain", "table", "bare_uvloop", "logged", "rejecting")
+    ports = {name: free_port() for name in names}
+    admin_port, logged_admin, rejecting_admin = free_port(), free_port(), free_port()
     env = dict(os.environ)
     chain_env = service_env("tests.support.echo:build", ports["chain"], admin_port)
     logged_env = service_env(
         "tests.support.echo:build", ports["logged"], logged_admin, LOG_CALLS="ALL"
+    )
+    rejecting_env = service_env(
+        "tests.support.echo:build", ports["rejecting"], rejecting_admin, RATE_LIMIT_RPS="1"
     )
     with (
         process(
@@ -298,10 +310,17 @@ def main() -> int:
             OUT / "chain-logged.log",
             lambda: (ready_status(logged_admin) or (0,))[0] == 200,
         ) as logged,
+        process(
+            [PYTHON, "-m", "server"],
+            rejecting_env,
+            OUT / "chain-rejecting.log",
+            lambda: (ready_status(rejecting_admin) or (0,))[0] == 200,
+        ) as rejecting,
     ):
+        started_servers = (bare, chain, table, bare_uvloop, logged, rejecting)
         servers = {
             name: psutil.Process(started.pid)
-            for name, started in zip(ports, (bare, chain, table, bare_uvloop, logged), strict=True)
+            for name, started in zip(ports, started_servers, strict=True)
         }
         saturation: dict[str, list[Run]] = {name: [] for name in ports}
         for round_index in range(ROUNDS):
@@ -323,7 +342,8 @@ def main() -> int:
                     f"event loop busy {run.loop_busy:.0%}"
                 )
                 print(f"  set {pair + 1} {name:11}: {latency}", flush=True)
-        rejected = non_ok_calls(admin_port) + non_ok_calls(logged_admin)
+        rejected = handled_calls(admin_port)[1] + handled_calls(logged_admin)[1]
+        let_through, turned_away = handled_calls(rejecting_admin)
     median_rps = {name: statistics.median(r.rps for r in runs) for name, runs in saturation.items()}
     ratios = {
         "chain": paired_ratios(saturation, "chain", "bare"),
@@ -333,12 +353,14 @@ def main() -> int:
         "bare_uvloop": paired_ratios(saturation, "bare_uvloop", "bare"),
         "chain_vs_uvloop": paired_ratios(saturation, "chain", "bare_uvloop"),
         "logged": paired_ratios(saturation, "logged", "bare"),
+        "rejecting_vs_chain": paired_ratios(saturation, "rejecting", "chain"),
     }
     for name in ("chain", "table", "logged", "bare_uvloop"):
         ratios[f"{name}_cpu"] = paired_cpu_ratios(saturation, name, "bare")
     ratios["chain_vs_table_cpu"] = paired_cpu_ratios(saturation, "chain", "table")
     ratios["table_vs_uvloop_cpu"] = paired_cpu_ratios(saturation, "table", "bare_uvloop")
     ratios["chain_vs_uvloop_cpu"] = paired_cpu_ratios(saturation, "chain", "bare_uvloop")
+    ratios["rejecting_vs_chain_cpu"] = paired_cpu_ratios(saturation, "rejecting", "chain")
     ratio = {name: statistics.median(values) for name, values in ratios.items()}
     median_cpu = {
         name: statistics.median(run.cpu_us_per_call for run in runs)
@@ -365,6 +387,7 @@ def main() -> int:
         "p99_ratios_to_uvloop": p99_ratios_uvloop,
         "p99_ratio_to_uvloop": statistics.median(p99_ratios_uvloop),
         "chain_non_ok_calls": rejected,
+        "rejecting_server_calls": {"ok": let_through, "rejected": turned_away},
         "rounds": {name: [asdict(r) for r in runs] for name, runs in saturation.items()},
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
@@ -397,6 +420,12 @@ def main() -> int:
         ("both, chain / bare on uvloop", "chain_vs_uvloop"),
     ):
         print(f"- {label}: {spread(name)}; {spread(f'{name}_cpu')}")
+    print(
+        "a rejection (rate limit, rich details) / a served call, both through the chain: "
+        f"{spread('rejecting_vs_chain')} calls/s; {spread('rejecting_vs_chain_cpu')} calls per "
+        f"CPU-second ({median_cpu['rejecting']:.0f} us CPU per rejection; "
+        f"{turned_away} rejected, {let_through} let through)"
+    )
 
     def median_of(name: str, field: str) -> float:
         return float(statistics.median(getattr(run, field) for run in open_loop[name]))

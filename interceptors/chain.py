@@ -13,7 +13,7 @@ metadata (server.dispatch); per call its handler:
 2. awaits the handler (within the local deadline, if the deadline layer set
    one), counting messages and validating each inbound stream message;
 3. maps any exception to a rich status in one place (`ErrorMapper`,
-   `to_status`) and aborts with it, keeping the correlation id in the
+   `encoded_status`) and aborts with it, keeping the correlation id in the
    trailers; caller cancellation is recorded as CANCELLED and re-raised;
 4. runs `MethodChain.leave`: the ends, in reverse order.
 
@@ -50,7 +50,12 @@ from interceptors.access_log import AccessLog
 from interceptors.call import Layer, Metadata, ServerCall
 from interceptors.correlation import HEADER as CORRELATION_HEADER
 from interceptors.correlation import CorrelationLayer
-from interceptors.errors import STATUS_DETAILS_KEY, DeadlineExceeded, ErrorMapper, to_status
+from interceptors.errors import (
+    STATUS_DETAILS_KEY,
+    DeadlineExceeded,
+    ErrorMapper,
+    encoded_status,
+)
 from interceptors.inbound import inbound_var
 from interceptors.policy import Arity, MethodPolicy
 from interceptors.retry import PUSHBACK_KEY
@@ -256,9 +261,8 @@ class ServerChain:
         platform = self.errors.to_platform_error(error, call.correlation_id or "unknown")
         call.code = platform.code
         call.error = error
-        status = to_status(platform, self.error_domain)
         trailers: tuple[tuple[str, str | bytes], ...] = (
-            (STATUS_DETAILS_KEY, status.SerializeToString()),
+            (STATUS_DETAILS_KEY, encoded_status(platform, self.error_domain)),
             (CORRELATION_HEADER, call.correlation_id),
         )
         if platform.retry_after is not None:

@@ -36,6 +36,8 @@ from google.rpc import error_details_pb2, status_pb2
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+REJECTION_CACHE_SIZE = 512  # encoded load rejections kept (encoded_status)
+_encoded_rejections: dict[tuple[object, ...], bytes] = {}
 Violation = TypeVar("Violation")
 
 
@@ -215,7 +217,8 @@ class LoadRejected:
     """Mixin: a call the server's own load protection turned away (rate limit,
     shedding). Counted in metrics; at LOG_CALLS=ERRORS not logged one by one
     (interceptors.access_log): in a flood of them a JSON line costs more than
-    the rejection, and the log would become the overload's next victim."""
+    the rejection, and the log would become the overload's next victim. For
+    the same reason their statuses are encoded once (`encoded_status`)."""
 
 
 class Shed(Unavailable, LoadRejected):
@@ -292,6 +295,38 @@ def to_status(error: PlatformError, domain: str) -> status_pb2.Status:
     for detail in error.details():
         status.details.add().Pack(detail)
     return status
+
+
+def encoded_status(error: PlatformError, domain: str) -> bytes:
+    """`to_status(error, domain)` serialized, as `grpc-status-details-bin` carries it.
+
+    A load rejection's comes from a cache keyed by everything that goes into
+    it. In an overload the same few rejections go out thousands of times a
+    second, and building the messages (four or five protobuf objects, packed
+    into Any) made a rejection cost 1.32x a whole echo call's event-loop CPU;
+    with the cache, 1.10x (README, the server chain). The cache is emptied
+    when it holds REJECTION_CACHE_SIZE statuses, so callers naming themselves
+    in ever new ways cannot grow it.
+    """
+    if not isinstance(error, LoadRejected):
+        encoded: bytes = to_status(error, domain).SerializeToString()
+        return encoded
+    violations = error.violations if isinstance(error, ResourceExhausted) else ()
+    key: tuple[object, ...] = (
+        domain,
+        type(error),
+        error.message,
+        error.reason,
+        tuple(error.metadata.items()),
+        error.retry_after,
+        tuple(violations),
+    )
+    cached = _encoded_rejections.get(key)
+    if cached is None:
+        if len(_encoded_rejections) >= REJECTION_CACHE_SIZE:
+            _encoded_rejections.clear()
+        cached = _encoded_rejections[key] = to_status(error, domain).SerializeToString()
+    return cached
 
 
 class ErrorMapper:

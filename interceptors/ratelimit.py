@@ -17,6 +17,7 @@ admin traffic never pass through the chain, so they are never throttled.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -27,6 +28,15 @@ from interceptors.errors import QuotaViolation, Throttled
 from interceptors.metrics import MethodStats
 
 CLIENT_ID_HEADER = "x-client-id"
+HINTS_PER_SECOND = 100  # a rejection's RetryInfo is a whole number of 10 ms
+
+
+def retry_hint(wait: float) -> float:
+    """`wait` rounded up to a whole 1/HINTS_PER_SECOND: still a time the token is
+    there by, and one of few values, so the encoded rejection is cached
+    (errors.encoded_status) rather than built per call."""
+    steps = math.ceil(wait * HINTS_PER_SECOND - 1e-9)  # 1e-9: 0.2 s is 20 steps, not 21
+    return max(1, steps) / HINTS_PER_SECOND
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,8 @@ class RateLimitLayer:
         self.max_callers = max_callers
         self.clock = clock
         self.buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._limit = f"{rate.per_second:g}/s (burst {rate.burst:g})"
+        self._metadata = {"limitPerSecond": f"{rate.per_second:g}"}
 
     def caller_of(self, call: ServerCall) -> str:
         client_id = call.header(CLIENT_ID_HEADER)
@@ -104,13 +116,12 @@ class RateLimitLayer:
         wait = bucket.take(now)
         if wait:
             self.stats.throttled += 1
-            limit = f"{self.rate.per_second:g}/s (burst {self.rate.burst:g})"
             raise Throttled(
-                f"rate limit of {limit} exceeded for {call.policy.full_method}",
-                [QuotaViolation(subject=caller, description=f"{limit} per caller")],
+                f"rate limit of {self._limit} exceeded for {call.policy.full_method}",
+                [QuotaViolation(subject=caller, description=f"{self._limit} per caller")],
                 reason="RATE_LIMITED",
-                metadata={"limitPerSecond": f"{self.rate.per_second:g}"},
-                retry_after=wait,
+                metadata=self._metadata,
+                retry_after=retry_hint(wait),
             )
 
     def end(self, call: ServerCall) -> None:

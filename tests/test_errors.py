@@ -12,12 +12,23 @@ from typing import Any
 import grpc
 import pytest
 from google.rpc import error_details_pb2 as details_pb2
+from google.rpc import status_pb2
 
 from clients.channel import ChannelFactory
 from clients.errors import details_of, error_info, status_of
 from grpcplatform.testing.v1 import echo_pb2 as pb
 from grpcplatform.testing.v1.echo_platform import EchoServiceClient
+from interceptors import errors
 from interceptors.correlation import HEADER as CORRELATION
+from interceptors.errors import (
+    REJECTION_CACHE_SIZE,
+    InternalError,
+    QuotaViolation,
+    Shed,
+    Throttled,
+    encoded_status,
+    to_status,
+)
 from tests.conftest import StartRuntime
 from tests.support import echo
 from tests.support.moto import Moto
@@ -219,3 +230,45 @@ def test_insufficient_funds_through_grpcurl(accounts: ServiceProcess, tmp_path: 
     assert precondition["violations"][0]["type"] == "INSUFFICIENT_FUNDS"
     read = grpcurl(accounts, "ledger.v1.Accounts/GetAccount", {"account_id": account_id})
     assert json.loads(read.stdout)["account"]["balance_minor_units"] == "30"
+
+
+def test_a_load_rejection_is_encoded_once_in_a_bounded_cache() -> None:
+    def shed(limit: int) -> Shed:
+        return Shed(
+            "server overloaded; retry later",
+            reason="LOAD_SHED",
+            metadata={"concurrencyLimit": str(limit)},
+            retry_after=0.05,
+        )
+
+    def throttled(caller: str) -> Throttled:
+        return Throttled(
+            "rate limit exceeded",
+            [QuotaViolation(subject=caller, description="5/s per caller")],
+            reason="RATE_LIMITED",
+            retry_after=0.2,
+        )
+
+    first = encoded_status(shed(100), "echo")
+    assert first == to_status(shed(100), "echo").SerializeToString()
+    assert encoded_status(shed(100), "echo") is first  # the cached bytes
+
+    # Whatever differs in the status gives its own encoding: limit, domain, caller.
+    for error, domain in ((shed(101), "echo"), (shed(100), "other"), (throttled("bob"), "echo")):
+        encoded = encoded_status(error, domain)
+        assert status_pb2.Status.FromString(encoded) == to_status(error, domain)
+    alice = encoded_status(throttled("alice"), "echo")
+    assert alice != encoded_status(throttled("bob"), "echo")
+    assert status_pb2.Status.FromString(alice) == to_status(throttled("alice"), "echo")
+
+    for limit in range(3 * REJECTION_CACHE_SIZE):
+        encoded_status(shed(limit), "echo")
+    assert 0 < len(errors._encoded_rejections) <= REJECTION_CACHE_SIZE
+
+    # An error with per-call content (here a correlation id) is never cached.
+    before = len(errors._encoded_rejections)
+    internal = InternalError("internal error", metadata={"correlationId": uuid.uuid4().hex})
+    assert status_pb2.Status.FromString(encoded_status(internal, "echo")) == to_status(
+        internal, "echo"
+    )
+    assert len(errors._encoded_rejections) == before

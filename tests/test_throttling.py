@@ -9,12 +9,14 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2 as details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import given
+from hypothesis import strategies as st
 
 from clients.channel import ChannelFactory
 from clients.errors import details_of, error_info
 from grpcplatform.testing.v1 import echo_pb2 as pb
 from grpcplatform.testing.v1.echo_platform import EchoServiceClient
-from interceptors.ratelimit import Rate, TokenBucket
+from interceptors.ratelimit import HINTS_PER_SECOND, Rate, TokenBucket, retry_hint
 from interceptors.shedding import AdaptiveLimit, ShedSettings
 from tests.conftest import StartRuntime
 from tests.support import echo
@@ -151,3 +153,12 @@ def test_limit_bounds_in_flight() -> None:
     assert [limit.try_acquire() for _ in range(5)] == [True, True, True, False, False]
     limit.release(0.01)
     assert limit.try_acquire()
+
+
+@given(st.floats(min_value=1e-12, max_value=3600))
+def test_a_retry_hint_is_a_whole_step_and_never_shorter_than_the_wait(wait: float) -> None:
+    hint = retry_hint(wait)
+    steps = hint * HINTS_PER_SECOND
+    assert round(steps) >= 1
+    assert abs(steps - round(steps)) < 1e-6
+    assert wait - 1e-9 <= hint < wait + 1 / HINTS_PER_SECOND
