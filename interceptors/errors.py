@@ -303,8 +303,8 @@ def encoded_status(error: PlatformError, domain: str) -> bytes:
     A load rejection's comes from a cache keyed by everything that goes into
     it. In an overload the same few rejections go out thousands of times a
     second, and building the messages (four or five protobuf objects, packed
-    into Any) made a rejection cost 1.32x a whole echo call's event-loop CPU;
-    with the cache, 1.10x (README, the server chain). The cache is emptied
+    into Any) made a shed call cost 1.29-1.32x a served echo call's event-loop
+    CPU; with the cache, 1.09-1.19x (README, the server chain). It is emptied
     when it holds REJECTION_CACHE_SIZE statuses, so callers naming themselves
     in ever new ways cannot grow it.
     """
