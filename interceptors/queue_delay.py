@@ -24,9 +24,12 @@ calls is shed, by STEP per window up to MAX_SHARE, and once the delay is back
 under target the share halves per window (AIMD, as TCP does). A shed call
 costs the chain's rejection path, a small fraction of a CPU-bound handler's
 work, so the queue drains and the calls let through wait about `target`.
-Opt-in (SHED_QUEUE_DELAY_SECONDS): where handlers cost less than a rejection
-(about 1.3 small echo calls today) and callers do not back off, shedding
-keeps the queue it should drain; `make bench` saw a server held that way.
+Where handlers cost less than a rejection (1.1-1.2 small echo calls) and
+callers do not back off, shedding keeps the queue it should drain; `make
+bench` saw a server held that way. So `interceptors.shedding` applies the
+share only to methods whose calls take SHED_QUEUE_DELAY_MIN_HANDLING_SECONDS
+or more. Opt-in (SHED_QUEUE_DELAY_SECONDS): the probe that feeds the gate
+costs event loop CPU (server.queue_probe).
 
 Departures: calls are shed at random, not the oldest first (their age is in
 the core); the share is the process's, shared by all methods, like the

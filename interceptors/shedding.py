@@ -16,7 +16,11 @@ the limit is server-wide, shared by all methods of the process.
 The limit cannot see calls that wait in gRPC's core before the chain starts
 them, which is where they wait when the process runs out of CPU; the layer
 also sheds the share of calls that `interceptors.queue_delay` asks for then,
-with the same reason and the measured delay in the ErrorInfo metadata.
+with the same reason and the measured delay in the ErrorInfo metadata. It
+sheds those only for methods whose handlers take `min_handling` or more (a
+moving average over the calls served): a rejection costs about what serving
+a small call does (grpc's own work per call is most of both), so shedding
+cheap calls would free nothing and could keep the queue it should drain.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from interceptors.metrics import MethodStats
 from interceptors.queue_delay import QueueDelayGate
 
 WARMUP_SAMPLES = 10
+HANDLING_SMOOTHING = 1 / 32  # weight of the latest call in a method's moving average
 
 
 @dataclass(frozen=True)
@@ -99,19 +104,28 @@ class AdaptiveLimit:
 
 
 class SheddingLayer:
+    """One method's shedding; the limiter and the gate are the process's."""
+
     def __init__(
         self,
         limiter: AdaptiveLimit,
         gate: QueueDelayGate,
         stats: MethodStats,
+        min_handling: float = 0.0,
     ) -> None:
         self.limiter = limiter
         self.gate = gate
         self.stats = stats
+        self.min_handling = min_handling
+        # Seconds this method's served calls take, a moving average; kept only when
+        # the gate can shed. A method starts cheap: it is shed once it has shown its cost.
+        self.handling = 0.0
+        self.measures_handling = gate.on
 
     def begin(self, call: ServerCall) -> None:
         share = self.gate.share
-        if share and random() < share:  # noqa: S311 - a load share, not a secret
+        # random() draws a share of the load, not a secret.
+        if share and self.handling >= self.min_handling and random() < share:  # noqa: S311
             raise self._shed("queueDelayMs", round(self.gate.delay * 1000), self.gate.window)
         if not self.limiter.try_acquire():
             retry_after = round(max(0.05, self.limiter.long_rtt), 3)
@@ -131,3 +145,5 @@ class SheddingLayer:
     def end(self, call: ServerCall) -> None:
         if call.shed_slot:
             self.limiter.release(call.duration)
+            if self.measures_handling:
+                self.handling += (call.duration - self.handling) * HANDLING_SMOOTHING

@@ -13,7 +13,8 @@ top to bottom before the handler, `end` bottom to top after it):
 5. deadline      - contract default when none, clamp, reject expired, the budget
 6. rate limit    - token bucket per method and caller (when configured)
 7. shedding      - adaptive concurrency limit, and the share of calls a
-                   standing queue in gRPC's core asks to shed (when enabled)
+                   standing queue in gRPC's core asks to shed (when enabled;
+                   only of methods whose calls are not cheap)
 8. validation    - protovalidate rules of the contract (compiled fast path
                    for valid requests, interceptors.compiled_rules)
 9. the application's own layers (`Application.interceptors`): they see only
@@ -86,7 +87,11 @@ def build_server_chain(
             access_log=access_log,
             deadline=deadline,
             rate_limit=None if rate is None else RateLimitLayer(rate, stats),
-            shedding=SheddingLayer(limiter, queue_delay, stats) if config.shed_enabled else None,
+            shedding=(
+                SheddingLayer(limiter, queue_delay, stats, config.shed_queue_delay_min_handling)
+                if config.shed_enabled
+                else None
+            ),
             application=application_layers,
         )
 

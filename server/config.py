@@ -181,8 +181,15 @@ SETTINGS: tuple[Setting, ...] = (
         "0",
         "Shed a growing share of calls while calls wait this long to start, for 0.25 s "
         "(a CPU-bound overload, which the concurrency limit cannot see), e.g. 0.05; 0: off. "
-        "Off by default: with handlers cheaper than a rejection it can hold a server in "
-        "overload (README, the server chain).",
+        "Off by default: its probe costs event loop CPU (README, the server chain).",
+    ),
+    Setting(
+        "SHED_QUEUE_DELAY_MIN_HANDLING_SECONDS",
+        "float",
+        "0.0005",
+        "Queue-delay shedding turns away calls only of methods whose served calls take at "
+        "least this long (moving average): cheaper calls cost about as much to reject as "
+        "to serve.",
     ),
     Setting(
         "SHUTDOWN_GRACE_SECONDS",
@@ -353,6 +360,7 @@ class ServerConfig:
     shed_min_limit: int
     shed_max_limit: int
     shed_queue_delay: float
+    shed_queue_delay_min_handling: float
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ServerConfig:
@@ -391,6 +399,7 @@ class ServerConfig:
             shed_enabled=read.boolean("SHED_ENABLED"),
             **_shed_limits(read),
             shed_queue_delay=read.seconds("SHED_QUEUE_DELAY_SECONDS"),
+            shed_queue_delay_min_handling=read.seconds("SHED_QUEUE_DELAY_MIN_HANDLING_SECONDS"),
         )
 
     def rate_for(self, full_method: str) -> Rate | None:

@@ -38,6 +38,7 @@ def test_defaults_parse() -> None:
         ("GRPC_MAX_RECEIVE_MESSAGE_BYTES", "12"),
         ("SHED_QUEUE_DELAY_SECONDS", "-0.05"),
         ("SHED_QUEUE_DELAY_SECONDS", "50ms"),
+        ("SHED_QUEUE_DELAY_MIN_HANDLING_SECONDS", "-1"),
     ],
 )
 def test_bad_value_names_the_variable(name: str, value: str) -> None:

@@ -13,17 +13,23 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2 as details_pb2
+from prometheus_client import CollectorRegistry
 
 from clients.channel import ChannelFactory
 from clients.errors import details_of, error_info
 from grpcplatform.testing.v1 import echo_pb2 as pb
 from grpcplatform.testing.v1.echo_platform import EchoServiceClient
+from interceptors.call import ServerCall
+from interceptors.errors import Shed
+from interceptors.metrics import RpcMetrics
+from interceptors.policy import Arity, Idempotency, MethodPolicy
 from interceptors.queue_delay import MAX_SHARE, STEP, QueueDelayGate
+from interceptors.shedding import AdaptiveLimit, SheddingLayer, ShedSettings
 from tests.support.net import poll, running_service
 from tests.test_access_log import json_lines
 from tests.test_metrics import scrape, value
@@ -32,6 +38,7 @@ BUSY_MS = 10
 CALLERS = 24  # a queue of about 240 ms if every call is served
 FLOOD_SECONDS = 4.0
 ECHO = {"grpc_service": "grpcplatform.testing.v1.EchoService", "grpc_method": "Echo"}
+NOTIFY = {**ECHO, "grpc_method": "Notify"}
 
 
 @dataclass
@@ -70,15 +77,34 @@ async def flood(client: EchoServiceClient, seconds: float) -> tuple[Flood, float
     return result, started
 
 
+async def cheap_calls(client: EchoServiceClient, seconds: float) -> list[grpc.StatusCode]:
+    """One caller of Notify, a handler of microseconds, in a loop: its codes."""
+    codes = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            await client.notify(pb.NotifyRequest(message="cheap"), timeout=10)
+            codes.append(grpc.StatusCode.OK)
+        except grpc.aio.AioRpcError as error:
+            codes.append(error.code())
+    return codes
+
+
 async def test_cpu_bound_overload_is_shed_for_its_queue_and_recovers(
     tmp_path: Path, single_attempt_channels: ChannelFactory
 ) -> None:
     env = {"SHED_QUEUE_DELAY_SECONDS": "0.05"}  # and LOG_CALLS=ERRORS, the default
     with running_service("tests.support.echo:build", tmp_path, env) as server:
         client = EchoServiceClient(single_attempt_channels.connect(server.target))
-        result, _ = await flood(client, FLOOD_SECONDS)
+        (result, _), cheap = await asyncio.gather(
+            flood(client, FLOOD_SECONDS), cheap_calls(client, FLOOD_SECONDS)
+        )
 
         assert result.other == []
+        # A cheap method's calls wait in the same queue, but are not shed: rejecting
+        # them would cost as much as serving them (SHED_QUEUE_DELAY_MIN_HANDLING_SECONDS).
+        assert len(cheap) >= 5
+        assert set(cheap) == {grpc.StatusCode.OK}
         assert result.shed, "nothing was shed under a CPU-bound overload"
         info = error_info(result.shed[0])
         assert info is not None
@@ -106,6 +132,7 @@ async def test_cpu_bound_overload_is_shed_for_its_queue_and_recovers(
 
         samples = await asyncio.to_thread(scrape, server.admin_port)
         assert value(samples, "platform_server_shed_total", **ECHO) == len(result.shed)
+        assert value(samples, "platform_server_shed_total", **NOTIFY) == 0
         assert value(samples, "platform_server_queue_delay_seconds") < 0.05
 
         # The log says when shedding started and stopped, not one line per shed call.
@@ -179,3 +206,42 @@ def test_a_target_of_zero_measures_and_never_sheds() -> None:
     feed(gate, [5.0] * 100)
     assert gate.share == 0.0
     assert gate.delay == 5.0
+
+
+def test_the_gate_sheds_only_methods_whose_calls_cost_more_than_a_rejection() -> None:
+    gate = QueueDelayGate(target=0.05)
+    limiter = AdaptiveLimit(ShedSettings())
+    registry = RpcMetrics(CollectorRegistry(), "server")
+
+    def layer_of(method: str) -> tuple[SheddingLayer, MethodPolicy]:
+        policy = MethodPolicy("test.v1.Svc", method, Arity.UNARY_UNARY, Idempotency.UNKNOWN, 5.0)
+        stats = registry.for_method(policy)
+        return SheddingLayer(limiter, gate, stats, min_handling=0.0005), policy
+
+    def serve(layer: SheddingLayer, policy: MethodPolicy, seconds: float) -> bool:
+        """One call through the layer, taking `seconds`: whether it was shed."""
+        call = ServerCall(policy, cast(Any, None), ())
+        try:
+            layer.begin(call)
+        except Shed:
+            return True
+        call.duration = seconds
+        layer.end(call)
+        return False
+
+    cheap, cheap_policy = layer_of("Cheap")
+    costly, costly_policy = layer_of("Costly")
+    fresh, fresh_policy = layer_of("Fresh")
+    for _ in range(100):  # no queue: everything is served, and each method shows its cost
+        assert not serve(cheap, cheap_policy, 0.00003)
+        assert not serve(costly, costly_policy, 0.010)
+    assert cheap.handling == pytest.approx(0.00003, rel=0.05)
+    assert costly.handling == pytest.approx(0.010, rel=0.05)
+
+    gate.share = MAX_SHARE  # a standing queue
+    shed = [serve(costly, costly_policy, 0.010) for _ in range(200)]
+    assert 100 < sum(shed) < 200  # MAX_SHARE of 200 is 180
+    assert not any(serve(cheap, cheap_policy, 0.00003) for _ in range(200))
+    assert not any(serve(fresh, fresh_policy, 0.00003) for _ in range(200))
+    assert costly.stats.shed == sum(shed)
+    assert cheap.stats.shed == fresh.stats.shed == 0

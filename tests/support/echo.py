@@ -5,6 +5,7 @@ Run in-process through `build`, or as a process with
 Echo (and Chat) raise the fault of FAULTS; `busy:<ms>` makes Echo hold the
 CPU (and so the event loop) for that long, as a CPU-bound handler does;
 `relay` makes Echo call the service at `ECHO_DOWNSTREAM` and return its answer.
+Notify only counts, a handler of microseconds.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ FAULTS: dict[str, Exception] = {
 class EchoService(EchoServiceServicer):
     def __init__(self, downstream: EchoServiceClient | None = None) -> None:
         self.arrivals = 0
+        self.notifications = 0
         self.downstream = downstream
 
     async def echo(self, request: pb.EchoRequest, context: Context) -> pb.EchoResponse:
@@ -90,6 +92,10 @@ class EchoService(EchoServiceServicer):
             if request.message.startswith("fail:"):
                 raise FAULTS[request.message.removeprefix("fail:")]
             yield pb.ChatResponse(message=request.message.upper())
+
+    async def notify(self, request: pb.NotifyRequest, context: Context) -> pb.NotifyResponse:
+        self.notifications += 1
+        return pb.NotifyResponse(received=self.notifications)
 
 
 async def build(context: RuntimeContext) -> Application:
