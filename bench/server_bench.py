@@ -8,9 +8,9 @@ HTTP/2 with a length-prefixed EchoRequest.
   registers them, on asyncio's loop: what a hand-rolled service is. The
   target's baseline.
 - chain: `python -m server` with every default layer on (correlation,
-  tracing context, metrics, access log of failures, deadline, shedding,
-  validation), health, reflection and the admin port, on its default loop,
-  uvloop (server.event_loop).
+  tracing context, metrics, access log of failures, deadline, shedding with
+  its queue-delay probe, validation), health, reflection and the admin port,
+  on its default loop, uvloop (server.event_loop).
 - table: the bare server on uvloop serving its methods from the platform's
   one generic handler (server.dispatch), no chain: chain / table is the
   chain's own cost.

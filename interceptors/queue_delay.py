@@ -28,8 +28,8 @@ Where handlers cost less than a rejection (1.1-1.2 small echo calls) and
 callers do not back off, shedding keeps the queue it should drain; `make
 bench` saw a server held that way. So `interceptors.shedding` applies the
 share only to methods whose calls take SHED_QUEUE_DELAY_MIN_HANDLING_SECONDS
-or more. Opt-in (SHED_QUEUE_DELAY_SECONDS): the probe that feeds the gate
-costs event loop CPU (server.queue_probe).
+or more. On by default (SHED_QUEUE_DELAY_SECONDS=0.05; 0 turns it off, and
+the probe with it).
 
 Departures: calls are shed at random, not the oldest first (their age is in
 the core); the share is the process's, shared by all methods, like the

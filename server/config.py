@@ -178,10 +178,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "SHED_QUEUE_DELAY_SECONDS",
         "float",
-        "0",
-        "Shed a growing share of calls while calls wait this long to start, for 0.25 s "
-        "(a CPU-bound overload, which the concurrency limit cannot see), e.g. 0.05; 0: off. "
-        "Off by default: its probe costs event loop CPU (README, the server chain).",
+        "0.05",
+        "Shed a growing share of the calls of methods that are not cheap "
+        "(`SHED_QUEUE_DELAY_MIN_HANDLING_SECONDS`) while calls wait this long to start, for "
+        "0.25 s (a CPU-bound overload, which the concurrency limit cannot see); 0: off, and "
+        "no probe.",
     ),
     Setting(
         "SHED_QUEUE_DELAY_MIN_HANDLING_SECONDS",

@@ -6,7 +6,7 @@ serves, through one `MethodTable` (server.dispatch), the application's
 servicers behind the chain, the standard health service and server
 reflection (so `grpcurl list/describe` needs no proto files); then it
 starts the admin HTTP port, exports its event loop's CPU time
-(server.event_loop) and, when configured, the probe of its own queueing
+(server.event_loop) and, unless turned off, the probe of its own queueing
 delay (server.queue_probe). `Runtime.stop()` is the drain of server.shutdown.
 """
 

@@ -20,7 +20,8 @@ def test_defaults_parse() -> None:
     assert config.max_connection_age == 300.0
     assert config.max_connection_age_grace == 30.0
     assert dict(config.grpc_options())["grpc.max_connection_age_ms"] == 300_000
-    assert config.shed_queue_delay == 0.0  # queue-delay shedding is opt-in
+    assert config.shed_queue_delay == 0.05  # queue-delay shedding is on
+    assert config.shed_queue_delay_min_handling == 0.0005  # for methods that are not cheap
     assert config.event_loop == "UVLOOP"
 
 

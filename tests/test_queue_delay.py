@@ -93,7 +93,7 @@ async def cheap_calls(client: EchoServiceClient, seconds: float) -> list[grpc.St
 async def test_cpu_bound_overload_is_shed_for_its_queue_and_recovers(
     tmp_path: Path, single_attempt_channels: ChannelFactory
 ) -> None:
-    env = {"SHED_QUEUE_DELAY_SECONDS": "0.05"}  # and LOG_CALLS=ERRORS, the default
+    env: dict[str, str] = {}  # the defaults: SHED_QUEUE_DELAY_SECONDS=0.05, LOG_CALLS=ERRORS
     with running_service("tests.support.echo:build", tmp_path, env) as server:
         client = EchoServiceClient(single_attempt_channels.connect(server.target))
         (result, _), cheap = await asyncio.gather(
@@ -144,8 +144,8 @@ async def test_cpu_bound_overload_is_shed_for_its_queue_and_recovers(
 async def test_without_the_gate_the_same_overload_queues_and_nothing_is_shed(
     tmp_path: Path, single_attempt_channels: ChannelFactory
 ) -> None:
-    """The control, with the default settings: what the test above guards against."""
-    env = {"LOG_CALLS": "NONE"}
+    """The control, with the gate off: what the test above guards against."""
+    env = {"LOG_CALLS": "NONE", "SHED_QUEUE_DELAY_SECONDS": "0"}
     with running_service("tests.support.echo:build", tmp_path, env) as server:
         client = EchoServiceClient(single_attempt_channels.connect(server.target))
 
