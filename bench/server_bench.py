@@ -65,7 +65,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -217,6 +217,18 @@ def process(
         proc.wait(30)
 
 
+def platform_server(
+    port: int, admin_port: int, log_name: str, **settings: str
+) -> AbstractContextManager[subprocess.Popen[bytes]]:
+    """`python -m server` with the Echo service and `settings`, ready when entered."""
+    return process(
+        [PYTHON, "-m", "server"],
+        service_env("tests.support.echo:build", port, admin_port, **settings),
+        OUT / log_name,
+        lambda: (ready_status(admin_port) or (0,))[0] == 200,
+    )
+
+
 def handled_calls(admin_port: int) -> tuple[int, int]:
     """Calls the server answered OK and otherwise, from its /metrics."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -272,13 +284,6 @@ def main() -> int:
     ports = {name: free_port() for name in names}
     admin_port, logged_admin, rejecting_admin = free_port(), free_port(), free_port()
     env = dict(os.environ)
-    chain_env = service_env("tests.support.echo:build", ports["chain"], admin_port)
-    logged_env = service_env(
-        "tests.support.echo:build", ports["logged"], logged_admin, LOG_CALLS="ALL"
-    )
-    rejecting_env = service_env(
-        "tests.support.echo:build", ports["rejecting"], rejecting_admin, RATE_LIMIT_RPS="1"
-    )
     with (
         process(
             [PYTHON, "-m", "bench.bare_server", str(ports["bare"])],
@@ -298,23 +303,12 @@ def main() -> int:
             OUT / "table.log",
             lambda: port_open(ports["table"]),
         ) as table,
-        process(
-            [PYTHON, "-m", "server"],
-            chain_env,
-            OUT / "chain.log",
-            lambda: (ready_status(admin_port) or (0,))[0] == 200,
-        ) as chain,
-        process(
-            [PYTHON, "-m", "server"],
-            logged_env,
-            OUT / "chain-logged.log",
-            lambda: (ready_status(logged_admin) or (0,))[0] == 200,
+        platform_server(ports["chain"], admin_port, "chain.log") as chain,
+        platform_server(
+            ports["logged"], logged_admin, "chain-logged.log", LOG_CALLS="ALL"
         ) as logged,
-        process(
-            [PYTHON, "-m", "server"],
-            rejecting_env,
-            OUT / "chain-rejecting.log",
-            lambda: (ready_status(rejecting_admin) or (0,))[0] == 200,
+        platform_server(
+            ports["rejecting"], rejecting_admin, "chain-rejecting.log", RATE_LIMIT_RPS="1"
         ) as rejecting,
     ):
         started_servers = (bare, chain, table, bare_uvloop, logged, rejecting)
