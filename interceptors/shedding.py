@@ -17,7 +17,7 @@ The limit cannot see calls that wait in gRPC's core before the chain starts
 them, which is where they wait when the process runs out of CPU; the layer
 also sheds the share of calls that `interceptors.queue_delay` asks for then,
 with the same reason and the measured delay in the ErrorInfo metadata. It
-sheds those only for methods whose handlers take `min_handling` or more (a
+sheds those only for methods whose calls take `min_handling` or more (a
 moving average over the calls served): a rejection costs about what serving
 a small call does (grpc's own work per call is most of both), so shedding
 cheap calls would free nothing and could keep the queue it should drain.
