@@ -50,12 +50,7 @@ from interceptors.access_log import AccessLog
 from interceptors.call import Layer, Metadata, ServerCall
 from interceptors.correlation import HEADER as CORRELATION_HEADER
 from interceptors.correlation import CorrelationLayer
-from interceptors.errors import (
-    STATUS_DETAILS_KEY,
-    DeadlineExceeded,
-    ErrorMapper,
-    encoded_status,
-)
+from interceptors.errors import STATUS_DETAILS_KEY, DeadlineExceeded, ErrorMapper, encoded_status
 from interceptors.inbound import inbound_var
 from interceptors.policy import Arity, MethodPolicy
 from interceptors.retry import PUSHBACK_KEY

@@ -211,11 +211,11 @@ def test_a_target_of_zero_measures_and_never_sheds() -> None:
 def test_the_gate_sheds_only_methods_whose_calls_cost_more_than_a_rejection() -> None:
     gate = QueueDelayGate(target=0.05)
     limiter = AdaptiveLimit(ShedSettings())
-    registry = RpcMetrics(CollectorRegistry(), "server")
+    metrics = RpcMetrics(CollectorRegistry(), "server")
 
     def layer_of(method: str) -> tuple[SheddingLayer, MethodPolicy]:
         policy = MethodPolicy("test.v1.Svc", method, Arity.UNARY_UNARY, Idempotency.UNKNOWN, 5.0)
-        stats = registry.for_method(policy)
+        stats = metrics.for_method(policy)
         return SheddingLayer(limiter, gate, stats, min_handling=0.0005), policy
 
     def serve(layer: SheddingLayer, policy: MethodPolicy, seconds: float) -> bool:
