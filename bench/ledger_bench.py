@@ -12,6 +12,10 @@ e.g. protobuf serialization) and the libraries under it (botocore, aiohttp,
 grpcio, asyncio). The report gives CPU ms per transfer for moto (standing in
 for DynamoDB and SQS), for the service processes, and for our code, and both
 shares of the end-to-end CPU. The load generator's own CPU is reported apart.
+Also the Accounts process's CPU per call it answered (calls counted on its
+/metrics), beside what a rejection costs in the server bench's rate-limited
+server (build/bench/server.json, the same `make bench`): issue 3 asks that
+rejections cost almost nothing, and a real ledger call is the measure.
 Target (issue 5): our code under 30% of the end-to-end CPU time per transfer.
 """
 
@@ -32,7 +36,7 @@ from pathlib import Path
 import psutil
 
 from bench.cpu import cpu_seconds
-from bench.server_bench import OUT, machine, process
+from bench.server_bench import OUT, handled_calls, machine, process
 from clients.channel import ChannelFactory
 from ledger.v1 import accounts_pb2, money_pb2, transfers_pb2
 from ledger.v1.accounts_platform import AccountsClient
@@ -46,7 +50,8 @@ CONCURRENCY = int(os.environ.get("BENCH_LEDGER_CONCURRENCY", "16"))
 
 
 @contextmanager
-def service(name: str, env: dict[str, str], log: Path) -> Iterator[tuple[psutil.Process, str]]:
+def service(name: str, env: dict[str, str], log: Path) -> Iterator[tuple[psutil.Process, str, int]]:
+    """The service's process, its gRPC target and its admin port."""
     grpc_port, admin_port = free_port(), free_port()
     with process(
         [PYTHON, "-m", "server"],
@@ -54,7 +59,7 @@ def service(name: str, env: dict[str, str], log: Path) -> Iterator[tuple[psutil.
         log,
         lambda: (ready_status(admin_port) or (0,))[0] == 200,
     ) as started:
-        yield psutil.Process(started.pid), f"127.0.0.1:{grpc_port}"
+        yield psutil.Process(started.pid), f"127.0.0.1:{grpc_port}", admin_port
 
 
 # py-spy names frames by path relative to their sys.path entry: the top package.
@@ -148,10 +153,10 @@ def main() -> None:
     env = moto.ledger_env(LOG_LEVEL="WARNING")
     try:
         with ExitStack() as stack:
-            accounts, accounts_target = stack.enter_context(
+            accounts, accounts_target, accounts_admin = stack.enter_context(
                 service("accounts", env, logs / "accounts.log")
             )
-            transfers, transfers_target = stack.enter_context(
+            transfers, transfers_target, _ = stack.enter_context(
                 service("transfers", {**env, "ACCOUNTS_TARGET": accounts_target}, logs / "t.log")
             )
             emulator = psutil.Process(moto.process.pid)
@@ -161,12 +166,14 @@ def main() -> None:
                 stack.enter_context(sampled(processes[name], path))
             time.sleep(1)  # py-spy attaches
             before = {name: cpu_seconds(p) for name, p in processes.items()}
+            accounts_calls = -sum(handled_calls(accounts_admin))
             client_before = time.process_time()
             elapsed, states = asyncio.run(drive(accounts_target, transfers_target))
             client_cpu = time.process_time() - client_before
             # The consumer finishes the activity feed just after the last answer.
             time.sleep(2)
             used = {name: cpu_seconds(p) - before[name] for name, p in processes.items()}
+            accounts_calls += sum(handled_calls(accounts_admin))
         code = sum(used[name] * ours_fraction(path) for name, path in samples.items())
     finally:
         moto.stop()
@@ -175,6 +182,7 @@ def main() -> None:
     # Setup (opening accounts) is inside the window too; it is ACCOUNTS * 2 calls.
     per_transfer_ms = {name: round(1000 * cpu / TRANSFERS, 2) for name, cpu in used.items()}
     share = code / total
+    accounts_call_us = 1e6 * used["accounts"] / accounts_calls
     result: dict[str, object] = {
         "machine": machine(),
         "transfers": TRANSFERS,
@@ -187,8 +195,9 @@ def main() -> None:
         "load_generator_cpu_ms_per_transfer": round(1000 * client_cpu / TRANSFERS, 2),
         "our_code_share_of_cpu": round(share, 3),
         "service_processes_share_of_cpu": round(services / total, 3),
+        "accounts_calls": accounts_calls,
+        "accounts_cpu_us_per_call": round(accounts_call_us),
     }
-    (OUT / "ledger.json").write_text(json.dumps(result, indent=2))
     print(
         f"ledger: {result['transfers_per_second']} transfers/s "
         f"({TRANSFERS} transfers, {CONCURRENCY} at a time, {ACCOUNTS} accounts); "
@@ -197,6 +206,28 @@ def main() -> None:
         f"end-to-end CPU (target < 30%); the service processes with their libraries "
         f"{100 * services / total:.0f}%"
     )
+    line = f"ledger: Accounts spent {accounts_call_us:.0f} us of CPU per call it answered"
+    rejection = rejection_cost()
+    if rejection is not None:
+        rejection_us, measured = rejection
+        result["rejection_vs_accounts_call"] = round(rejection_us / accounts_call_us, 4)
+        line += (
+            f"; a rejection costs {rejection_us:.0f} us, "
+            f"{100 * rejection_us / accounts_call_us:.1f}% of that (server bench of {measured})"
+        )
+    (OUT / "ledger.json").write_text(json.dumps(result, indent=2))
+    print(line)
+
+
+def rejection_cost() -> tuple[float, str] | None:
+    """A rejection's CPU (all threads) and when it was measured, from the server bench's
+    rate-limited echo server: issue 3 asks that rejections cost almost nothing, and a
+    real ledger call is what to compare them with."""
+    try:
+        server = json.loads((OUT / "server.json").read_text())
+        return float(server["cpu_us_per_call"]["rejecting"]), str(server.get("when"))
+    except (OSError, KeyError, ValueError):
+        return None  # the server bench has not run here
 
 
 if __name__ == "__main__":
