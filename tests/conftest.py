@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,10 +16,27 @@ from interceptors.retry import RetryPolicy
 from server.application import AppFactory, RuntimeContext
 from server.config import EnvReader, ServerConfig
 from server.runtime import Runtime, process_registry
+from tests.support.evidence import process_logs, summary
 from tests.support.moto import FAKE_CREDENTIALS, Moto
 from tests.support.net import HOST
 
 StartRuntime = Callable[..., Awaitable[Runtime]]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test's report carries what its processes logged (tests.support.evidence)."""
+    report = yield
+    if report.when != "call" or not report.failed:
+        return report
+    fixtures = getattr(item, "funcargs", {})
+    directories = [fixtures["tmp_path"]] if "tmp_path" in fixtures else []
+    files = [fixtures["shared_moto"].log] if "shared_moto" in fixtures else []
+    for path in process_logs(directories, files):
+        report.sections.append((f"log {path.name}", summary(path)))
+    return report
 
 
 @pytest.fixture
