@@ -6,11 +6,18 @@ runs the handler of each in its own task:
 
 - while a handler works, the message's visibility timeout is extended every
   half timeout, so a slow handler does not see its message delivered twice;
-- success deletes the message; a failure leaves it, so SQS delivers it again
-  after the visibility timeout, and after the queue's `maxReceiveCount`
-  moves it to the dead-letter queue (the redrive policy set by Terraform, or
-  by the local bootstrap). Nothing is dropped: a message is only ever deleted
-  after its handler succeeded.
+- success deletes the message; a failure leaves it, so SQS delivers it again,
+  and after the queue's `maxReceiveCount` moves it to the dead-letter queue
+  (the redrive policy set by Terraform, or by the local bootstrap). Nothing
+  is dropped: a message is only ever deleted after its handler succeeded.
+- a failed message stays hidden for a time that doubles with each receive
+  (`failure_backoff`: the visibility timeout, twice it, four times, up to
+  `max_backoff`), set with ChangeMessageVisibility as the SQS developer guide
+  advises. Why: each receive counts towards `maxReceiveCount` whatever the
+  cause, and most failures are a dependency's outage, not a bad message. At
+  a fixed timeout, 5 receives of 30 s dead-letter every pending event of an
+  outage of 2.5 min; doubling, one of 15 min. A poison message still
+  reaches the dead-letter queue, later.
 - the handler runs with the correlation id and trace context of the message
   attributes made current, so its logs and calls join the original trace.
 - handlers must be idempotent (delivery is at least once); the reference
@@ -42,6 +49,7 @@ from interceptors.retry import RetryPolicy
 from interceptors.tracing import PROPAGATOR
 
 _log = logging.getLogger(__name__)
+SQS_MAX_VISIBILITY = 43200  # seconds, ChangeMessageVisibility's upper limit
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,7 @@ class SqsConsumer:
         max_in_flight: int = 10,
         wait_seconds: int = 20,
         visibility_timeout: int = 30,
+        max_backoff: int = 900,
         backoff: RetryPolicy | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
@@ -74,6 +83,7 @@ class SqsConsumer:
         self.max_in_flight = max_in_flight
         self.wait_seconds = wait_seconds
         self.visibility_timeout = visibility_timeout
+        self.max_backoff = max_backoff
         self.backoff = backoff or RetryPolicy(initial_backoff=0.2, max_backoff=5.0)
         self._slots = asyncio.Semaphore(max_in_flight)
         self._working: set[asyncio.Task[None]] = set()
@@ -136,6 +146,7 @@ class SqsConsumer:
 
     async def _handle(self, message: dict[str, Any]) -> None:
         receipt = message["ReceiptHandle"]
+        receive_count = int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1))
         keeper = asyncio.create_task(self._keep_invisible(receipt))
         try:
             delivery = Delivery(
@@ -145,7 +156,7 @@ class SqsConsumer:
                     name: value.get("StringValue", "")
                     for name, value in message.get("MessageAttributes", {}).items()
                 },
-                receive_count=int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1)),
+                receive_count=receive_count,
             )
             await self._in_context(delivery)
             await self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=receipt)
@@ -154,12 +165,33 @@ class SqsConsumer:
             raise
         except Exception:
             self._failed.inc()
-            # Left on the queue: delivered again after the visibility timeout, and
+            keeper.cancel()  # it must not reset the hiding below to the plain timeout
+            await asyncio.wait([keeper])
+            hidden = failure_backoff(receive_count, self.visibility_timeout, self.max_backoff)
+            # Left on the queue: delivered again once hidden long enough, and
             # dead-lettered by the redrive policy after maxReceiveCount receives.
-            _log.exception("message handling failed", extra={"message_id": message["MessageId"]})
+            _log.exception(
+                "message handling failed",
+                extra={"message_id": message["MessageId"], "retry_in_seconds": hidden},
+            )
+            await self._hide(receipt, hidden)
         finally:
             keeper.cancel()
             self._slots.release()
+
+    async def _hide(self, receipt: str, seconds: int) -> None:
+        """Keeps a failed message hidden `seconds` from now; if SQS cannot be told, the
+        message comes back after its current timeout: sooner, never lost."""
+        if seconds <= self.visibility_timeout:
+            return  # the receive already hid it this long
+        try:
+            await self.sqs.change_message_visibility(
+                QueueUrl=self.queue_url, ReceiptHandle=receipt, VisibilityTimeout=seconds
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            _log.warning("backing off failed", extra={"error_type": type(error).__name__})
 
     async def _in_context(self, delivery: Delivery) -> None:
         token = otel_context.attach(PROPAGATOR.extract(delivery.attributes))
@@ -186,3 +218,11 @@ class SqsConsumer:
                 _log.warning(
                     "visibility extension failed", extra={"error_type": type(error).__name__}
                 )
+
+
+def failure_backoff(receive_count: int, visibility_timeout: int, max_backoff: int) -> int:
+    """Seconds a message stays hidden after its `receive_count`-th receive failed:
+    the visibility timeout doubled per earlier receive, at most `max_backoff` (and
+    never under the timeout, nor over SQS's limit of 12 hours)."""
+    doubled = visibility_timeout << min(max(receive_count, 1) - 1, 16)
+    return max(visibility_timeout, min(doubled, max_backoff, SQS_MAX_VISIBILITY))

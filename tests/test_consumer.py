@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from clients.aws import AwsClients, AwsSettings
-from durable.consumer import Delivery, SqsConsumer
+from durable.consumer import Delivery, SqsConsumer, failure_backoff
 from durable.events import SqsPublisher
 from interceptors.correlation import current_correlation_id
+from interceptors.errors import Unavailable
 from tests.support.moto import Moto
 
 
@@ -35,18 +36,30 @@ class Queues:
 
 
 @pytest.fixture
-async def queues(shared_moto: Moto) -> AsyncIterator[Queues]:
+async def sqs(shared_moto: Moto) -> AsyncIterator[Any]:
     clients = AwsClients(AwsSettings(endpoint_url=shared_moto.url, read_timeout=5.0))
-    sqs = await clients.client("sqs")
+    yield await clients.client("sqs")
+    await clients.close()
+
+
+async def queues_with(sqs: Any, max_receive_count: int) -> Queues:
+    """A queue of its own whose redrive policy dead-letters after `max_receive_count`."""
     name = f"events-{uuid.uuid4().hex[:8]}"
     dead = await sqs.create_queue(QueueName=f"{name}-dlq")
     arn = await sqs.get_queue_attributes(QueueUrl=dead["QueueUrl"], AttributeNames=["QueueArn"])
-    redrive = {"deadLetterTargetArn": arn["Attributes"]["QueueArn"], "maxReceiveCount": "3"}
+    redrive = {
+        "deadLetterTargetArn": arn["Attributes"]["QueueArn"],
+        "maxReceiveCount": str(max_receive_count),
+    }
     queue = await sqs.create_queue(
         QueueName=name, Attributes={"RedrivePolicy": json.dumps(redrive)}
     )
-    yield Queues(sqs, queue["QueueUrl"], dead["QueueUrl"])
-    await clients.close()
+    return Queues(sqs, queue["QueueUrl"], dead["QueueUrl"])
+
+
+@pytest.fixture
+async def queues(sqs: Any) -> Queues:
+    return await queues_with(sqs, max_receive_count=3)
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
@@ -87,12 +100,15 @@ async def _empty(queues: Queues, url: str) -> bool:
     return await queues.count(url) == 0
 
 
-async def test_a_failing_message_is_retried_then_dead_lettered(queues: Queues) -> None:
+async def test_a_failing_message_is_retried_later_each_time_then_dead_lettered(
+    queues: Queues,
+) -> None:
     await SqsPublisher(queues.sqs, queues.url).publish({"event_id": "poison"}, {})
-    receives: list[int] = []
+    receives: list[tuple[int, float]] = []
+    loop = asyncio.get_running_loop()
 
     async def handle(delivery: Delivery) -> None:
-        receives.append(delivery.receive_count)
+        receives.append((delivery.receive_count, loop.time()))
         raise ValueError("cannot handle this one")
 
     running = asyncio.create_task(consumer(queues, handle).run_forever())
@@ -102,8 +118,61 @@ async def test_a_failing_message_is_retried_then_dead_lettered(queues: Queues) -
 
     await eventually(dead_lettered, timeout=30)
     running.cancel()
-    assert receives == [1, 2, 3]  # maxReceiveCount, then the dead-letter queue: never dropped
+    # maxReceiveCount, then the dead-letter queue: never dropped
+    assert [count for count, _ in receives] == [1, 2, 3]
     assert await queues.count(queues.url) == 0
+    # Hidden 1 s after the first failure, 2 s after the second (the visibility
+    # timeout doubled): at a fixed timeout the third receive would come 1 s after.
+    (_, first), (_, second), (_, third) = receives
+    assert second - first >= 0.95
+    assert third - second >= 1.95
+
+
+async def test_pending_events_outlive_an_outage_longer_than_the_fixed_timeouts(
+    sqs: Any,
+) -> None:
+    """A handler's dependency is down for OUTAGE seconds. At a fixed visibility
+    timeout of 1 s the four receives that maxReceiveCount allows come within about
+    4 s, all fail, and the event is dead-lettered; hidden 1, 2 and 4 s after its
+    failures, its fourth receive comes after the outage and succeeds."""
+    outage = 5.5
+    queues = await queues_with(sqs, max_receive_count=4)
+    await SqsPublisher(sqs, queues.url).publish({"event_id": "during-an-outage"}, {})
+    loop = asyncio.get_running_loop()
+    back_at = loop.time() + outage
+    outcomes: list[tuple[int, str]] = []
+
+    async def handle(delivery: Delivery) -> None:
+        if loop.time() < back_at:
+            outcomes.append((delivery.receive_count, "failed"))
+            raise Unavailable("dynamodb is unavailable")
+        outcomes.append((delivery.receive_count, "handled"))
+
+    running = asyncio.create_task(consumer(queues, handle).run_forever())
+    await eventually(lambda: _empty(queues, queues.url), timeout=30)
+    running.cancel()
+    assert outcomes[-1][1] == "handled", outcomes
+    assert [count for count, _ in outcomes] == list(range(1, len(outcomes) + 1))
+    assert await queues.count(queues.dead_letter_url) == 0
+
+
+@pytest.mark.parametrize(
+    ("receive_count", "timeout", "cap", "hidden"),
+    [
+        (1, 30, 900, 30),
+        (2, 30, 900, 60),
+        (5, 30, 900, 480),
+        (6, 30, 900, 900),  # 960, capped
+        (3, 1, 2, 2),
+        (1, 30, 10, 30),  # a cap under the timeout: the receive hid it that long already
+        (0, 30, 900, 30),  # a missing count reads as a first receive
+        (10_000, 30, 10**9, 43200),  # SQS's limit, and no huge number on the way
+    ],
+)
+def test_failure_backoff_doubles_per_receive_within_its_bounds(
+    receive_count: int, timeout: int, cap: int, hidden: int
+) -> None:
+    assert failure_backoff(receive_count, timeout, cap) == hidden
 
 
 async def test_a_slow_handler_keeps_its_message_invisible(queues: Queues) -> None:

@@ -11,7 +11,9 @@ Settings (besides services.resources'):
 - `EVENTS_CONSUMER` (true): run the activity-feed consumer in this process;
   `EVENTS_MAX_IN_FLIGHT` (10) messages handled at once;
   `EVENTS_VISIBILITY_TIMEOUT_SECONDS` (30): how long a received message stays
-  hidden (extended while it is handled) before another consumer may get it.
+  hidden (extended while it is handled) before another consumer may get it;
+  `EVENTS_MAX_BACKOFF_SECONDS` (900): the longest a failed message is hidden
+  (the timeout doubles with each failed receive, durable.consumer).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ async def build(context: RuntimeContext) -> Application:
     consume = env.boolean("EVENTS_CONSUMER", "true")
     in_flight = env.integer("EVENTS_MAX_IN_FLIGHT", "10", minimum=1, maximum=1000)
     visibility = env.integer("EVENTS_VISIBILITY_TIMEOUT_SECONDS", "30", minimum=1, maximum=43200)
+    max_backoff = env.integer("EVENTS_MAX_BACKOFF_SECONDS", "900", minimum=1, maximum=43200)
     aws = LedgerAws(context)
     # Every setting is read before the first AWS call: a bad one stops start-up first.
     accounts = AccountsClient(context.channels.connect(target, dependency="accounts"))
@@ -61,6 +64,7 @@ async def build(context: RuntimeContext) -> Application:
             max_in_flight=in_flight,
             wait_seconds=aws.wait_seconds,
             visibility_timeout=visibility,
+            max_backoff=max_backoff,
             registry=context.registry,
         )
         workers["events-consumer"] = consumer.run_forever
