@@ -11,13 +11,16 @@ runs the handler of each in its own task:
   (the redrive policy set by Terraform, or by the local bootstrap). Nothing
   is dropped: a message is only ever deleted after its handler succeeded.
 - a failed message stays hidden for a time that doubles with each receive
-  (`failure_backoff`: the visibility timeout, twice it, four times, up to
-  `max_backoff`), set with ChangeMessageVisibility as the SQS developer guide
-  advises. Why: each receive counts towards `maxReceiveCount` whatever the
-  cause, and most failures are a dependency's outage, not a bad message. At
-  a fixed timeout, 5 receives of 30 s dead-letter every pending event of an
-  outage of 2.5 min; doubling, one of 15 min. A poison message still
-  reaches the dead-letter queue, later.
+  (`retry_delay`: what is left of the visibility timeout after the first
+  receive, twice the timeout after the second, four times after the third,
+  up to `max_retry_delay` and within SQS's 12 hours per receive), set with
+  ChangeMessageVisibility as the SQS developer guide advises. Why: each
+  receive counts towards `maxReceiveCount` whatever the cause, and most
+  failures are a dependency's outage, not a bad message. At the defaults
+  (30 s, 5 receives) the last attempt comes 450 s after the first instead
+  of 120 s: pending events outlive an outage of about 7.5 min, not 2, before
+  they are dead-lettered. A poison message still reaches the dead-letter
+  queue, later.
 - the handler runs with the correlation id and trace context of the message
   attributes made current, so its logs and calls join the original trace.
 - handlers must be idempotent (delivery is at least once); the reference
@@ -36,6 +39,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +53,10 @@ from interceptors.retry import RetryPolicy
 from interceptors.tracing import PROPAGATOR
 
 _log = logging.getLogger(__name__)
-SQS_MAX_VISIBILITY = 43200  # seconds, ChangeMessageVisibility's upper limit
+# SQS refuses (not trims) a visibility past 12 hours from the receive; the margin
+# covers the time between SQS's receive and ours.
+SQS_MAX_VISIBILITY = 43200
+RECEIVE_MARGIN = 60
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,7 @@ class SqsConsumer:
         max_in_flight: int = 10,
         wait_seconds: int = 20,
         visibility_timeout: int = 30,
-        max_backoff: int = 900,
+        max_retry_delay: int = 900,
         backoff: RetryPolicy | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
@@ -83,7 +90,7 @@ class SqsConsumer:
         self.max_in_flight = max_in_flight
         self.wait_seconds = wait_seconds
         self.visibility_timeout = visibility_timeout
-        self.max_backoff = max_backoff
+        self.max_retry_delay = max_retry_delay
         self.backoff = backoff or RetryPolicy(initial_backoff=0.2, max_backoff=5.0)
         self._slots = asyncio.Semaphore(max_in_flight)
         self._working: set[asyncio.Task[None]] = set()
@@ -145,10 +152,13 @@ class SqsConsumer:
         return free
 
     async def _handle(self, message: dict[str, Any]) -> None:
+        received_at = asyncio.get_running_loop().time()
         receipt = message["ReceiptHandle"]
-        receive_count = int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1))
-        keeper = asyncio.create_task(self._keep_invisible(receipt))
+        receive_count = 1
+        finished = asyncio.Event()
+        keeper = asyncio.create_task(self._keep_invisible(receipt, finished))
         try:
+            receive_count = int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1))
             delivery = Delivery(
                 message_id=message["MessageId"],
                 body=json.loads(message["Body"]),
@@ -165,16 +175,23 @@ class SqsConsumer:
             raise
         except Exception:
             self._failed.inc()
-            keeper.cancel()  # it must not reset the hiding below to the plain timeout
-            await asyncio.wait([keeper])
-            hidden = failure_backoff(receive_count, self.visibility_timeout, self.max_backoff)
+            # The keeper ends its extension in flight, if any, before the longer hiding
+            # below: SQS applies the last call it gets, and the keeper's must not be it.
+            finished.set()
+            await keeper
+            delay = retry_delay(
+                receive_count,
+                self.visibility_timeout,
+                self.max_retry_delay,
+                asyncio.get_running_loop().time() - received_at,
+            )
             # Left on the queue: delivered again once hidden long enough, and
             # dead-lettered by the redrive policy after maxReceiveCount receives.
             _log.exception(
                 "message handling failed",
-                extra={"message_id": message["MessageId"], "retry_in_seconds": hidden},
+                extra={"message_id": message.get("MessageId"), "retry_in_seconds": delay},
             )
-            await self._hide(receipt, hidden)
+            await self._hide(receipt, delay)
         finally:
             keeper.cancel()
             self._slots.release()
@@ -183,7 +200,7 @@ class SqsConsumer:
         """Keeps a failed message hidden `seconds` from now; if SQS cannot be told, the
         message comes back after its current timeout: sooner, never lost."""
         if seconds <= self.visibility_timeout:
-            return  # the receive already hid it this long
+            return  # the receive (or the keeper's last extension) hid it this long
         try:
             await self.sqs.change_message_visibility(
                 QueueUrl=self.queue_url, ReceiptHandle=receipt, VisibilityTimeout=seconds
@@ -191,7 +208,7 @@ class SqsConsumer:
         except asyncio.CancelledError:
             raise
         except Exception as error:
-            _log.warning("backing off failed", extra={"error_type": type(error).__name__})
+            _log.warning("delaying a retry failed", extra={"error_type": type(error).__name__})
 
     async def _in_context(self, delivery: Delivery) -> None:
         token = otel_context.attach(PROPAGATOR.extract(delivery.attributes))
@@ -203,9 +220,15 @@ class SqsConsumer:
             inbound_var.reset(inbound)
             otel_context.detach(token)
 
-    async def _keep_invisible(self, receipt: str) -> None:
+    async def _keep_invisible(self, receipt: str, finished: asyncio.Event) -> None:
+        """Extends the message's visibility every half timeout until `finished` is set
+        (between two extensions, never during one) or the task is cancelled."""
         while True:
-            await asyncio.sleep(self.visibility_timeout / 2)
+            try:
+                await asyncio.wait_for(finished.wait(), self.visibility_timeout / 2)
+                return
+            except TimeoutError:
+                pass
             try:
                 await self.sqs.change_message_visibility(
                     QueueUrl=self.queue_url,
@@ -220,9 +243,13 @@ class SqsConsumer:
                 )
 
 
-def failure_backoff(receive_count: int, visibility_timeout: int, max_backoff: int) -> int:
-    """Seconds a message stays hidden after its `receive_count`-th receive failed:
-    the visibility timeout doubled per earlier receive, at most `max_backoff` (and
-    never under the timeout, nor over SQS's limit of 12 hours)."""
+def retry_delay(
+    receive_count: int, visibility_timeout: int, longest: int, since_receive: float = 0.0
+) -> int:
+    """Seconds a message stays hidden after its `receive_count`-th receive failed,
+    `since_receive` seconds after it: the visibility timeout doubled per earlier
+    receive, at most `longest` and what SQS allows the receive (12 hours in all),
+    and never less than the timeout (the receive hid it that long already)."""
     doubled = visibility_timeout << min(max(receive_count, 1) - 1, 16)
-    return max(visibility_timeout, min(doubled, max_backoff, SQS_MAX_VISIBILITY))
+    allowed = SQS_MAX_VISIBILITY - RECEIVE_MARGIN - math.ceil(since_receive)
+    return max(visibility_timeout, min(doubled, longest, allowed))

@@ -12,8 +12,9 @@ Settings (besides services.resources'):
   `EVENTS_MAX_IN_FLIGHT` (10) messages handled at once;
   `EVENTS_VISIBILITY_TIMEOUT_SECONDS` (30): how long a received message stays
   hidden (extended while it is handled) before another consumer may get it;
-  `EVENTS_MAX_BACKOFF_SECONDS` (900): the longest a failed message is hidden
-  (the timeout doubles with each failed receive, durable.consumer).
+  `EVENTS_MAX_RETRY_DELAY_SECONDS` (900): the longest a failed message is
+  hidden before its next attempt (the delay doubles with each receive,
+  durable.consumer).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ async def build(context: RuntimeContext) -> Application:
     consume = env.boolean("EVENTS_CONSUMER", "true")
     in_flight = env.integer("EVENTS_MAX_IN_FLIGHT", "10", minimum=1, maximum=1000)
     visibility = env.integer("EVENTS_VISIBILITY_TIMEOUT_SECONDS", "30", minimum=1, maximum=43200)
-    max_backoff = env.integer("EVENTS_MAX_BACKOFF_SECONDS", "900", minimum=1, maximum=43200)
+    max_retry_delay = env.integer("EVENTS_MAX_RETRY_DELAY_SECONDS", "900", minimum=1, maximum=43200)
     aws = LedgerAws(context)
     # Every setting is read before the first AWS call: a bad one stops start-up first.
     accounts = AccountsClient(context.channels.connect(target, dependency="accounts"))
@@ -64,7 +65,7 @@ async def build(context: RuntimeContext) -> Application:
             max_in_flight=in_flight,
             wait_seconds=aws.wait_seconds,
             visibility_timeout=visibility,
-            max_backoff=max_backoff,
+            max_retry_delay=max_retry_delay,
             registry=context.registry,
         )
         workers["events-consumer"] = consumer.run_forever
