@@ -16,26 +16,34 @@ from interceptors.retry import RetryPolicy
 from server.application import AppFactory, RuntimeContext
 from server.config import EnvReader, ServerConfig
 from server.runtime import Runtime, process_registry
-from tests.support.evidence import process_logs, summary
+from tests.support.evidence import process_logs, summaries
 from tests.support.moto import FAKE_CREDENTIALS, Moto
 from tests.support.net import HOST
 
 StartRuntime = Callable[..., Awaitable[Runtime]]
 
 
+MOTO_LOG_FROM = pytest.StashKey[int]()  # the shared moto log's size when the test began
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """A failed test's report carries what its processes logged (tests.support.evidence)."""
+    """A failed test's report (setup, call or teardown) carries what its processes
+    logged (tests.support.evidence)."""
     report = yield
-    if report.when != "call" or not report.failed:
-        return report
     fixtures = getattr(item, "funcargs", {})
+    moto = fixtures.get("shared_moto")
+    if report.when == "setup" and moto is not None and moto.log.is_file():
+        item.stash[MOTO_LOG_FROM] = moto.log.stat().st_size
+    if not report.failed:
+        return report
     directories = [fixtures["tmp_path"]] if "tmp_path" in fixtures else []
-    files = [fixtures["shared_moto"].log] if "shared_moto" in fixtures else []
-    for path in process_logs(directories, files):
-        report.sections.append((f"log {path.name}", summary(path)))
+    logs = [(path, 0) for path in process_logs(directories)]
+    if moto is not None and moto.log.is_file():
+        logs.append((moto.log, item.stash.get(MOTO_LOG_FROM, 0)))
+    report.sections.extend(summaries(logs))
     return report
 
 

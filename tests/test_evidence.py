@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.support.evidence import TAIL, process_logs, summary
+import pytest
+
+from tests.support import evidence
+from tests.support.evidence import TAIL, process_logs, summaries, summary
 
 
 def json_line(message: str, **fields: str) -> str:
@@ -38,12 +41,62 @@ def test_the_most_frequent_messages_come_first_with_their_counts(tmp_path: Path)
     assert tail == lines[-TAIL:]
 
 
-def test_logs_are_found_under_the_directories_then_the_files_that_exist(tmp_path: Path) -> None:
+def test_only_what_was_written_since_start_and_at_most_the_last_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "moto.log"
+    log.write_text("earlier test\n" * 5)
+    start = log.stat().st_size
+    with log.open("a") as more:
+        more.write("this test\n" * 3)
+    assert "3 x this test" in summary(log, start)
+    assert "earlier test" not in summary(log, start)
+
+    # The last 45 bytes: the end of one line, dropped, then four whole ones.
+    monkeypatch.setattr(evidence, "MAX_BYTES", 45)
+    text = summary(log, 0)
+    assert "3 x this test" in text
+    assert "1 x earlier test" in text
+    assert "(4 lines, its last" in text
+
+
+def test_logs_are_the_files_under_the_directories(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "t.log").write_text("x")
     (tmp_path / "a" / "notes.txt").write_text("x")
-    (tmp_path / "moto.log").write_text("x")
+    (tmp_path / "a" / "cache.log").mkdir()
 
-    found = process_logs([tmp_path / "a"], [tmp_path / "moto.log", tmp_path / "gone.log"])
+    assert process_logs([tmp_path / "a"]) == [tmp_path / "a" / "t.log"]
 
-    assert found == [tmp_path / "a" / "t.log", tmp_path / "moto.log"]
+
+def test_a_log_that_cannot_be_read_says_so(tmp_path: Path) -> None:
+    (tmp_path / "ok.log").write_text("fine\n")
+    sections = summaries([(tmp_path / "gone.log", 0), (tmp_path / "ok.log", 0)])
+    assert sections[0][0] == "log gone.log"
+    assert "could not be read: FileNotFoundError" in sections[0][1]
+    assert "1 x fine" in sections[1][1]
+
+
+def test_a_failed_test_report_carries_its_logs_and_the_session_goes_on(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeconftest("from tests.conftest import pytest_runtest_makereport  # noqa: F401")
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(
+        test_inner="""
+        import json
+
+        def test_fails(tmp_path):
+            line = {"log_level": "ERROR", "logger": "clients.aws", "message": "boom"}
+            (tmp_path / "service.log").write_text((json.dumps(line) + "\\n") * 7)
+            (tmp_path / "odd.log").mkdir()
+            assert False
+
+        def test_passes(tmp_path):
+            (tmp_path / "quiet.log").write_text("nothing to see")
+        """
+    )
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(["*- log service.log -*", "*7 x ERROR clients.aws boom*"])
+    assert "quiet.log" not in result.stdout.str()

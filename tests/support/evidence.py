@@ -5,7 +5,9 @@ session's moto writes one of its own; pytest keeps those directories for
 three sessions only, and a flaky failure on a fresh clone (CI) is gone with
 its machine. So a failed test's report carries, per log, the most frequent
 messages with their counts (one line in 12,000 says less than "12,000 x
-CIRCUIT_OPEN") and the last lines.
+CIRCUIT_OPEN") and the last lines. Of a log shared by the session (moto's),
+only what was written during the test; of any log, at most its last
+MAX_BYTES, so a failure costs little however much was logged.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from pathlib import Path
 
 TOP = 10
 TAIL = 30
-WIDTH = 300  # characters kept of a line: a stack trace's message, not the whole trace
+WIDTH = 300  # characters kept of a tail line (a JSON line's stack trace is cut off)
+KEY_WIDTH = 120
+MAX_BYTES = 4 << 20
 BRACKETED = re.compile(r"\[[^\]]*\]")  # an access log's timestamp: moto's werkzeug lines
 
 
@@ -32,18 +36,50 @@ def message_key(line: str) -> str:
     if not isinstance(record, dict):
         return BRACKETED.sub("[]", line)[:80]
     parts = (record.get(k) for k in ("log_level", "logger", "message", "error_code"))
-    return " ".join(str(part) for part in parts if part)
+    return " ".join(str(part) for part in parts if part)[:KEY_WIDTH]
 
 
-def summary(path: Path) -> str:
-    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+def summary(path: Path, start: int = 0) -> str:
+    """The log from byte `start` on (at most its last MAX_BYTES): counts and tail."""
+    with path.open("rb") as log:
+        end = log.seek(0, 2)
+        begin = max(start, end - MAX_BYTES)
+        log.seek(begin)
+        text = log.read().decode(errors="replace")
+    lines = text.splitlines()
+    if begin > start and lines:
+        lines = lines[1:]  # read from the middle of a line
+    lines = [line for line in lines if line.strip()]
     counts = Counter(message_key(line) for line in lines)
     top = "\n".join(f"{count:7d} x {key}" for key, count in counts.most_common(TOP))
     tail = "\n".join(line[:WIDTH] for line in lines[-TAIL:])
-    return f"{path} ({len(lines)} lines)\nmost frequent:\n{top}\nlast {TAIL} lines:\n{tail}"
+    part = f", its last {MAX_BYTES / 2**20:g} MB" if begin > start else ""
+    if start:
+        part += f", from byte {start}"
+    return (
+        f"{path} ({len(lines)} lines{part})\nmost frequent:\n{top}\n"
+        f"last {min(TAIL, len(lines))} lines:\n{tail}"
+    )
 
 
-def process_logs(directories: Iterable[Path], files: Iterable[Path] = ()) -> list[Path]:
-    """The `*.log` files under `directories`, then `files` that exist."""
-    found = [path for directory in directories for path in sorted(directory.rglob("*.log"))]
-    return found + [path for path in files if path.is_file()]
+def process_logs(directories: Iterable[Path]) -> list[Path]:
+    """The `*.log` files under `directories`."""
+    return [
+        path
+        for directory in directories
+        for path in sorted(directory.rglob("*.log"))
+        if path.is_file()
+    ]
+
+
+def summaries(logs: Iterable[tuple[Path, int]]) -> list[tuple[str, str]]:
+    """Report sections for (log, start) pairs; a log that cannot be read says why,
+    and never fails the session."""
+    sections = []
+    for path, start in logs:
+        try:
+            text = summary(path, start)
+        except Exception as error:  # the report must not be lost to its evidence
+            text = f"{path}: could not be read: {type(error).__name__}: {error}"
+        sections.append((f"log {path.name}", text))
+    return sections
