@@ -182,7 +182,7 @@ def main() -> None:
     # Setup (opening accounts) is inside the window too; it is ACCOUNTS * 2 calls.
     per_transfer_ms = {name: round(1000 * cpu / TRANSFERS, 2) for name, cpu in used.items()}
     share = code / total
-    accounts_call_us = 1e6 * used["accounts"] / accounts_calls
+    accounts_call_us = 1e6 * used["accounts"] / max(accounts_calls, 1)
     result: dict[str, object] = {
         "machine": machine(),
         "transfers": TRANSFERS,
@@ -226,7 +226,7 @@ def rejection_cost() -> tuple[float, str] | None:
     try:
         server = json.loads((OUT / "server.json").read_text())
         return float(server["cpu_us_per_call"]["rejecting"]), str(server.get("when"))
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, TypeError, ValueError):
         return None  # the server bench has not run here
 
 
