@@ -155,6 +155,24 @@ async def test_pending_events_outlive_an_outage_longer_than_the_fixed_timeouts(
     assert await queues.count(queues.dead_letter_url) == 0
 
 
+async def test_a_slow_handler_keeps_its_message_invisible(queues: Queues) -> None:
+    await SqsPublisher(queues.sqs, queues.url).publish({"event_id": "slow"}, {})
+    handled: list[str] = []
+
+    async def handle(delivery: Delivery) -> None:
+        handled.append(delivery.message_id)
+        await asyncio.sleep(3.5)  # over three visibility timeouts of 1 s
+
+    running = asyncio.create_task(consumer(queues, handle).run_forever())
+
+    async def done() -> bool:
+        return bool(handled) and await queues.count(queues.url) == 0
+
+    await eventually(done, timeout=30)
+    running.cancel()
+    assert len(handled) == 1  # extended while it worked: never delivered twice
+
+
 @pytest.mark.parametrize(
     ("receive_count", "timeout", "longest", "since_receive", "delay"),
     [
