@@ -24,11 +24,13 @@ from pathlib import Path
 import grpc
 import pytest
 
+from clients.aws import AwsClients, AwsSettings
 from clients.channel import ChannelFactory
 from interceptors.retry import RETRIED_WITH_HINT, server_hint
 from ledger.v1 import accounts_pb2, money_pb2, transfers_pb2
 from ledger.v1.accounts_platform import AccountsClient
 from ledger.v1.transfers_platform import TransfersClient
+from services.resources import LedgerNames
 from tests.support.moto import Moto
 from tests.support.net import (
     HOST,
@@ -256,7 +258,30 @@ async def test_money_is_conserved_through_faults_and_kills(
         return seen
 
     deadline = time.monotonic() + 60
-    while await feeds() != want:
-        assert time.monotonic() < deadline, "the activity feed never matched the transfers"
+    while (seen := await feeds()) != want:
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"the activity feed never matched the transfers: {len(want - seen)} entries "
+                f"missing, {len(seen - want)} extra; {await dead_letters(transfers_process)} "
+                "events dead-lettered"
+            )
         await asyncio.sleep(0.5)
+    assert await dead_letters(transfers_process) == 0  # no event was given up on
     await channels.close()
+
+
+async def dead_letters(transfers: Restartable) -> int:
+    """Messages in the ledger's events dead-letter queue."""
+    env = transfers.env
+    settings = AwsSettings(endpoint_url=env["AWS_ENDPOINT_URL"], region=env["AWS_REGION"])
+    clients = AwsClients(settings)
+    try:
+        sqs = await clients.client("sqs")
+        url = await sqs.get_queue_url(QueueName=LedgerNames(env["LEDGER_NAME"]).dead_letter_queue)
+        answer = await sqs.get_queue_attributes(
+            QueueUrl=url["QueueUrl"],
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )
+        return sum(int(value) for value in answer["Attributes"].values())
+    finally:
+        await clients.close()
