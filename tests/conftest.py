@@ -16,34 +16,38 @@ from interceptors.retry import RetryPolicy
 from server.application import AppFactory, RuntimeContext
 from server.config import EnvReader, ServerConfig
 from server.runtime import Runtime, process_registry
-from tests.support.evidence import process_logs, summaries
+from tests.support.evidence import grown, log_sizes, summaries
 from tests.support.moto import FAKE_CREDENTIALS, Moto
 from tests.support.net import HOST
 
 StartRuntime = Callable[..., Awaitable[Runtime]]
 
 
-MOTO_LOG_FROM = pytest.StashKey[int]()  # the shared moto log's size when the test began
+# The sizes of the session's logs when the latest test ended: where the next one begins.
+LOG_SIZES = pytest.StashKey[dict[Path, int]]()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_temp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's temporary root, under which every test's processes write their logs."""
+    return tmp_path_factory.getbasetemp()
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """A failed test's report (setup, call or teardown) carries what its processes
-    logged (tests.support.evidence)."""
+    """A failed test's report (setup, call or teardown) carries what the processes
+    logged while it ran (tests.support.evidence)."""
     report = yield
-    fixtures = getattr(item, "funcargs", {})
-    moto = fixtures.get("shared_moto")
-    if report.when == "setup" and moto is not None and moto.log.is_file():
-        item.stash[MOTO_LOG_FROM] = moto.log.stat().st_size
-    if not report.failed:
+    root = getattr(item, "funcargs", {}).get("session_temp")
+    if root is None:
         return report
-    directories = [fixtures["tmp_path"]] if "tmp_path" in fixtures else []
-    logs = [(path, 0) for path in process_logs(directories)]
-    if moto is not None and moto.log.is_file():
-        logs.append((moto.log, item.stash.get(MOTO_LOG_FROM, 0)))
-    report.sections.extend(summaries(logs))
+    if report.failed:
+        before = item.config.stash.get(LOG_SIZES, {})
+        report.sections.extend(summaries(grown(before, log_sizes(root))))
+    if report.when == "teardown":
+        item.config.stash[LOG_SIZES] = log_sizes(root)
     return report
 
 

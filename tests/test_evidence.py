@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import evidence
-from tests.support.evidence import TAIL, process_logs, summaries, summary
+from tests.support.evidence import TAIL, grown, log_sizes, summaries, summary
 
 
 def json_line(message: str, **fields: str) -> str:
@@ -60,13 +60,23 @@ def test_only_what_was_written_since_start_and_at_most_the_last_bytes(
     assert "(4 lines, its last" in text
 
 
-def test_logs_are_the_files_under_the_directories(tmp_path: Path) -> None:
+def test_the_logs_that_grew_with_where_they_stood(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "t.log").write_text("x")
-    (tmp_path / "a" / "notes.txt").write_text("x")
+    (tmp_path / "a" / "moto.log").write_text("before\n")
+    (tmp_path / "a" / "quiet.log").write_text("before\n")
+    (tmp_path / "a" / "notes.txt").write_text("not a log")
     (tmp_path / "a" / "cache.log").mkdir()
+    before = log_sizes(tmp_path)
+    assert set(before) == {tmp_path / "a" / "moto.log", tmp_path / "a" / "quiet.log"}
 
-    assert process_logs([tmp_path / "a"]) == [tmp_path / "a" / "t.log"]
+    with (tmp_path / "a" / "moto.log").open("a") as moto:
+        moto.write("during\n")
+    (tmp_path / "b.log").write_text("new\n")
+
+    assert grown(before, log_sizes(tmp_path)) == [
+        (tmp_path / "a" / "moto.log", 7),
+        (tmp_path / "b.log", 0),
+    ]
 
 
 def test_a_log_that_cannot_be_read_says_so(tmp_path: Path) -> None:
@@ -80,23 +90,49 @@ def test_a_log_that_cannot_be_read_says_so(tmp_path: Path) -> None:
 def test_a_failed_test_report_carries_its_logs_and_the_session_goes_on(
     pytester: pytest.Pytester,
 ) -> None:
-    pytester.makeconftest("from tests.conftest import pytest_runtest_makereport  # noqa: F401")
+    pytester.makeconftest(
+        "from tests.conftest import pytest_runtest_makereport, session_temp  # noqa: F401"
+    )
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     pytester.makepyfile(
         test_inner="""
         import json
 
-        def test_fails(tmp_path):
+        import pytest
+
+        @pytest.fixture(scope="module")
+        def module_server(tmp_path_factory):
+            log = tmp_path_factory.mktemp("module") / "server.log"
+            log.write_text("started\\n")
+            return log
+
+        def test_passes_with_its_own_log(tmp_path, module_server):
+            (tmp_path / "quiet.log").write_text("nothing to see")
+            with module_server.open("a") as log:
+                log.write("an earlier test's line\\n")
+
+        def test_fails(tmp_path, module_server):
             line = {"log_level": "ERROR", "logger": "clients.aws", "message": "boom"}
             (tmp_path / "service.log").write_text((json.dumps(line) + "\\n") * 7)
             (tmp_path / "odd.log").mkdir()
+            with module_server.open("a") as log:
+                log.write("this test's line\\n")
             assert False
 
-        def test_passes(tmp_path):
-            (tmp_path / "quiet.log").write_text("nothing to see")
+        def test_passes():
+            pass
         """
     )
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(failed=1, passed=1)
-    result.stdout.fnmatch_lines(["*- log service.log -*", "*7 x ERROR clients.aws boom*"])
-    assert "quiet.log" not in result.stdout.str()
+    result.assert_outcomes(failed=1, passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*- log server.log -*",
+            "*1 x this test's line*",
+            "*- log service.log -*",
+            "*7 x ERROR clients.aws boom*",
+        ]
+    )
+    output = result.stdout.str()
+    assert "quiet.log" not in output  # an earlier test's log, unchanged since
+    assert "an earlier test's line" not in output

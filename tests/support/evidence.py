@@ -1,12 +1,12 @@
 """What a failed test's processes logged, attached to its report (tests/conftest.py).
 
-A test that starts services writes their logs under its `tmp_path`, and the
-session's moto writes one of its own; pytest keeps those directories for
-three sessions only, and a flaky failure on a fresh clone (CI) is gone with
-its machine. So a failed test's report carries, per log, the most frequent
-messages with their counts (one line in 12,000 says less than "12,000 x
-CIRCUIT_OPEN") and the last lines. Of a log shared by the session (moto's),
-only what was written during the test; of any log, at most its last
+Every process a test starts (services, moto: its own, its module's or the
+session's) writes its log under the session's temporary root; pytest keeps
+those directories for three sessions only, and a flaky failure on a fresh
+clone (CI) is gone with its machine. So a failed test's report carries, for
+each log that grew while the test ran, what it logged then: the most
+frequent messages with their counts (one line in 12,000 says less than
+"12,000 x CIRCUIT_OPEN") and the last lines, from at most the last
 MAX_BYTES, so a failure costs little however much was logged.
 """
 
@@ -62,14 +62,23 @@ def summary(path: Path, start: int = 0) -> str:
     )
 
 
-def process_logs(directories: Iterable[Path]) -> list[Path]:
-    """The `*.log` files under `directories`."""
-    return [
-        path
-        for directory in directories
-        for path in sorted(directory.rglob("*.log"))
-        if path.is_file()
-    ]
+def log_sizes(root: Path) -> dict[Path, int]:
+    """The size of every `*.log` file under `root` (symlinked directories not followed)."""
+    sizes = {}
+    for path in root.rglob("*.log"):
+        try:
+            if path.is_file():
+                sizes[path] = path.stat().st_size
+        except OSError:
+            continue  # gone meanwhile
+    return sizes
+
+
+def grown(before: dict[Path, int], now: dict[Path, int]) -> list[tuple[Path, int]]:
+    """Each log that grew or appeared since `before`, with where it stood then."""
+    return sorted(
+        (path, before.get(path, 0)) for path, size in now.items() if size > before.get(path, 0)
+    )
 
 
 def summaries(logs: Iterable[tuple[Path, int]]) -> list[tuple[str, str]]:
