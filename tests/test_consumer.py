@@ -15,7 +15,7 @@ from durable.consumer import Delivery, SqsConsumer, retry_delay
 from durable.events import SqsPublisher
 from interceptors.correlation import current_correlation_id
 from interceptors.errors import Unavailable
-from tests.support.moto import Moto
+from tests.support.moto import Moto, queue_depth
 
 
 class Queues:
@@ -25,14 +25,7 @@ class Queues:
         self.dead_letter_url = dead_letter_url
 
     async def count(self, url: str) -> int:
-        answer = await self.sqs.get_queue_attributes(
-            QueueUrl=url,
-            AttributeNames=[
-                "ApproximateNumberOfMessages",
-                "ApproximateNumberOfMessagesNotVisible",
-            ],
-        )
-        return sum(int(value) for value in answer["Attributes"].values())
+        return await queue_depth(self.sqs, url)
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from ledger.v1 import accounts_pb2, money_pb2, transfers_pb2
 from ledger.v1.accounts_platform import AccountsClient
 from ledger.v1.transfers_platform import TransfersClient
 from services.resources import LedgerNames
-from tests.support.moto import Moto
+from tests.support.moto import Moto, queue_depth
 from tests.support.net import (
     HOST,
     PYTHON,
@@ -278,10 +278,6 @@ async def dead_letters(transfers: Restartable) -> int:
     try:
         sqs = await clients.client("sqs")
         url = await sqs.get_queue_url(QueueName=LedgerNames(env["LEDGER_NAME"]).dead_letter_queue)
-        answer = await sqs.get_queue_attributes(
-            QueueUrl=url["QueueUrl"],
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )
-        return sum(int(value) for value in answer["Attributes"].values())
+        return await queue_depth(sqs, url["QueueUrl"])
     finally:
         await clients.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import uuid
 from pathlib import Path
+from typing import Any
 
 from tests.support.net import HOST, PYTHON, ROOT, free_port, poll, port_open
 
@@ -53,3 +54,12 @@ class Moto:
             "EVENTS_WAIT_SECONDS": "1",
             **extra,
         }
+
+
+async def queue_depth(sqs: Any, url: str) -> int:
+    """Messages in an SQS queue, visible or being handled."""
+    answer = await sqs.get_queue_attributes(
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )
+    return sum(int(value) for value in answer["Attributes"].values())
