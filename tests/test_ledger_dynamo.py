@@ -11,16 +11,20 @@ from typing import Any
 import grpc
 import pytest
 from botocore.exceptions import ClientError
+from google.rpc.error_details_pb2 import PreconditionFailure, QuotaFailure
 from prometheus_client.parser import text_string_to_metric_families
 
 from clients.channel import ChannelFactory
 from clients.errors import details_of, error_info
+from durable.saga import Saga
 from ledger.v1 import accounts_pb2, money_pb2, transfers_pb2
 from ledger.v1.accounts_platform import AccountsClient
 from ledger.v1.transfers_platform import TransfersClient
+from services.accounts import service as accounts_service
 from services.accounts.app import build as build_accounts
 from services.accounts.table import conflict, contended
 from services.transfers.app import build as build_transfers
+from services.transfers.saga import TransferSaga, payload_of, step_request_id
 from tests.conftest import StartRuntime
 from tests.support.moto import Moto
 from tests.support.net import http_get
@@ -60,6 +64,15 @@ class Ledger:
     async def balance(self, account_id: str) -> int:
         got = await self.accounts.get_account(accounts_pb2.GetAccountRequest(account_id=account_id))
         return got.account.balance_minor_units
+
+    async def holds(self, account_id: str) -> list[str]:
+        got = await self.accounts.get_account(accounts_pb2.GetAccountRequest(account_id=account_id))
+        return list(got.account.hold_ids)
+
+    async def close(self, account_id: str) -> accounts_pb2.CloseAccountResponse:
+        return await self.accounts.close_account(
+            accounts_pb2.CloseAccountRequest(request_id=rid(), account_id=account_id)
+        )
 
     def transfer_request(
         self, source: str, destination: str, amount: int, request_id: str = ""
@@ -141,6 +154,7 @@ async def test_twenty_concurrent_duplicates_of_a_transfer_have_one_effect(ledger
         "CREDIT_DESTINATION",
     ]
     assert (await ledger.balance(source), await ledger.balance(destination)) == (60, 40)
+    assert await ledger.holds(source) == []  # the credit released the debit's hold
 
 
 async def test_concurrent_writers_lose_no_update(ledger: Ledger) -> None:
@@ -188,10 +202,151 @@ async def test_a_transfer_to_a_closed_account_refunds_the_source(ledger: Ledger)
         ("REFUND_SOURCE", "DONE"),
     ]
     assert await ledger.balance(source) == 50
+    assert await ledger.holds(source) == []  # the refund released the debit's hold
     read = await ledger.transfers.get_transfer(
         transfers_pb2.GetTransferRequest(transfer_id=transfer.transfer_id)
     )
     assert read.transfer == transfer
+
+
+async def test_a_hold_keeps_an_account_open_until_a_deposit_releases_it(ledger: Ledger) -> None:
+    held, other = await ledger.open(balance=50), await ledger.open()
+    hold_id = rid()
+    withdraw = accounts_pb2.WithdrawRequest(
+        request_id=rid(), account_id=held, amount=eur(50), hold_id=hold_id
+    )
+    assert list((await ledger.accounts.withdraw(withdraw)).account.hold_ids) == [hold_id]
+    await ledger.accounts.withdraw(withdraw)  # a repeat places no second hold
+    assert await ledger.holds(held) == [hold_id]
+
+    refused = await failure(ledger.close(held))  # empty, but held
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info = error_info(refused)
+    assert info is not None
+    assert info.reason == "HOLDS_PENDING"
+    assert info.metadata["holds"] == "1"
+    (violations,) = [d for d in details_of(refused) if isinstance(d, PreconditionFailure)]
+    assert [(v.type, v.subject) for v in violations.violations] == [
+        ("HOLDS_PENDING", f"accounts/{held}")
+    ]
+    assert hold_id in violations.violations[0].description
+
+    # A deposit elsewhere releases it in the same write; one naming a hold that is
+    # not there changes nothing else.
+    release = accounts_pb2.Hold(account_id=held, hold_id=hold_id)
+    credit = accounts_pb2.DepositRequest(
+        request_id=rid(), account_id=other, amount=eur(50), release_hold=release
+    )
+    await ledger.accounts.deposit(credit)
+    await ledger.accounts.deposit(credit)  # a repeat: one credit
+    stray = accounts_pb2.Hold(account_id=held, hold_id=rid())
+    await ledger.accounts.deposit(
+        accounts_pb2.DepositRequest(
+            request_id=rid(), account_id=other, amount=eur(1), release_hold=stray
+        )
+    )
+    assert (await ledger.balance(held), await ledger.balance(other)) == (0, 51)
+    assert await ledger.holds(held) == []
+    closed = await ledger.close(held)
+    assert closed.account.state == accounts_pb2.ACCOUNT_STATE_CLOSED
+
+
+async def test_a_transfer_can_always_refund_an_emptied_source(ledger: Ledger) -> None:
+    """The owner of a source a transfer emptied cannot close it before a failed credit is
+    refunded: the refund lands instead of failing for good (COMPENSATION_FAILED)."""
+    source, destination = await ledger.open(balance=50), await ledger.open()
+    transfer = TransferSaga(ledger.accounts)
+    request = ledger.transfer_request(source, destination, 50)
+    saga = Saga(str(uuid.uuid4()), transfer.kind, payload_of(request))
+    debit, credit = transfer.steps
+    await debit.action(saga)
+    assert await ledger.balance(source) == 0
+    refused = await failure(ledger.close(source))
+    assert error_info(refused).reason == "HOLDS_PENDING"  # type: ignore[union-attr]
+
+    await ledger.close(destination)  # the credit now fails for good ...
+    credit_failed = await failure(credit.action(saga))
+    assert transfer.permanent(credit_failed) == "ACCOUNT_CLOSED"
+    assert debit.compensation is not None
+    await debit.compensation(saga)  # ... and the refund lands
+    assert await ledger.balance(source) == 50
+    assert await ledger.holds(source) == []
+
+
+async def test_a_transfer_started_before_holds_repeats_its_steps_unchanged(
+    ledger: Ledger,
+) -> None:
+    source, destination = await ledger.open(balance=50), await ledger.open()
+    transfer = TransferSaga(ledger.accounts)
+    payload = payload_of(ledger.transfer_request(source, destination, 20))
+    del payload["hold_source"]  # as a saga stored before holds existed
+    saga = Saga(str(uuid.uuid4()), transfer.kind, payload)
+    # The debit as the code before holds sent it, its answer lost; this code repeats it.
+    await ledger.accounts.withdraw(
+        accounts_pb2.WithdrawRequest(
+            request_id=step_request_id(saga.saga_id, "DEBIT_SOURCE"),
+            account_id=source,
+            amount=eur(20),
+            memo=f"transfer {saga.saga_id}",
+        )
+    )
+    debit, credit = transfer.steps
+    await debit.action(saga)  # the same request: replayed, not IDEMPOTENCY_KEY_REUSED
+    await credit.action(saga)
+    assert (await ledger.balance(source), await ledger.balance(destination)) == (30, 20)
+    assert await ledger.holds(source) == []
+
+
+async def test_a_hold_on_a_busy_account_is_released_without_losing_its_updates(
+    ledger: Ledger,
+) -> None:
+    held, other = await ledger.open(balance=1000), await ledger.open()
+    holds = [rid() for _ in range(8)]
+    for hold_id in holds:
+        await ledger.accounts.withdraw(
+            accounts_pb2.WithdrawRequest(
+                request_id=rid(), account_id=held, amount=eur(10), hold_id=hold_id
+            )
+        )
+    releases = [
+        ledger.accounts.deposit(
+            accounts_pb2.DepositRequest(
+                request_id=rid(),
+                account_id=other,
+                amount=eur(10),
+                release_hold=accounts_pb2.Hold(account_id=held, hold_id=hold_id),
+            )
+        )
+        for hold_id in holds
+    ]
+    # Deposits into the held account race with the releases, which write it too.
+    await asyncio.gather(*releases, *(ledger.deposit(held, 1) for _ in range(8)))
+    assert await ledger.holds(held) == []
+    assert (await ledger.balance(held), await ledger.balance(other)) == (1000 - 80 + 8, 80)
+
+
+async def test_an_account_takes_a_bounded_number_of_holds(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(accounts_service, "MAX_HOLDS", 2)
+    account = await ledger.open(balance=10)
+
+    def held_withdrawal() -> accounts_pb2.WithdrawRequest:
+        return accounts_pb2.WithdrawRequest(
+            request_id=rid(), account_id=account, amount=eur(1), hold_id=rid()
+        )
+
+    await ledger.accounts.withdraw(held_withdrawal())
+    await ledger.accounts.withdraw(held_withdrawal())
+    refused = await failure(ledger.accounts.withdraw(held_withdrawal()))
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    info = error_info(refused)
+    assert info is not None
+    assert info.reason == "TOO_MANY_HOLDS"
+    (quota,) = [d for d in details_of(refused) if isinstance(d, QuotaFailure)]
+    assert quota.violations[0].subject == f"accounts/{account}"
+    assert await ledger.balance(account) == 8  # the refused withdrawal took nothing
+    assert len(await ledger.holds(account)) == 2
 
 
 async def test_the_activity_feed_has_each_finished_transfer_once(ledger: Ledger) -> None:

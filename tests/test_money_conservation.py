@@ -217,16 +217,19 @@ async def test_money_is_conserved_through_faults_and_kills(
         else:
             # Refused, or given up (and compensated) when its own deadline passed.
             assert transfer.failure_reason in ("INSUFFICIENT_FUNDS", "DEADLINE_EXCEEDED"), transfer
-    balances = {}
+    balances, holds = {}, {}
     for account_id in ids:
         got = await until_answered(
             lambda a=account_id: accounts.get_account(accounts_pb2.GetAccountRequest(account_id=a)),
             "balance",
         )
         balances[account_id] = got.account.balance_minor_units  # type: ignore[attr-defined]
+        holds[account_id] = list(got.account.hold_ids)  # type: ignore[attr-defined]
     assert sum(balances.values()) == ACCOUNTS * OPENING_BALANCE
     assert min(balances.values()) >= 0
     assert balances == expected  # no step took effect twice, none was lost
+    # Every ended transfer released the hold its debit placed, whatever was killed.
+    assert holds == {account_id: [] for account_id in ids}
     states = Counter(transfer.state for transfer in finished.values())
     assert states[transfers_pb2.TRANSFER_STATE_COMPLETED] > 0
     assert states[transfers_pb2.TRANSFER_STATE_FAILED] > 0

@@ -5,6 +5,14 @@ claimed first, and the account's conditional write commits together with the
 recorded outcome in one `TransactWriteItems` (services.accounts.table). A
 repeat gets the recorded answer, including a recorded business error such as
 INSUFFICIENT_FUNDS, so it never has a second effect.
+
+Holds keep an account open while money that left it may have to come back.
+A Withdraw with a `hold_id` places one; a Deposit with `release_hold`
+releases it, on its own account or another, in the same transaction; an
+account with a hold cannot be closed. A transfer's debit places one, and its
+credit or its refund releases it, so a refund always lands: without it, the
+owner of an account a transfer had emptied could close it before a failed
+credit was refunded, and the money would need a person.
 """
 
 from __future__ import annotations
@@ -20,13 +28,20 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from durable.idempotency import Claim, DynamoIdempotencyStore, Idempotency, Outcome
 from durable.page_tokens import PageTokens
-from interceptors.errors import FailedPrecondition, PreconditionViolation
+from interceptors.errors import (
+    FailedPrecondition,
+    PreconditionViolation,
+    QuotaViolation,
+    ResourceExhausted,
+)
 from ledger.v1 import accounts_pb2 as pb
 from ledger.v1 import money_pb2
 from ledger.v1.accounts_platform import AccountsServicer
 from services.accounts.table import AccountsTable
 
 DEFAULT_PAGE_SIZE = 50
+# Holds per account: each is a few dozen bytes of an item DynamoDB caps at 400 KB.
+MAX_HOLDS = 1000
 SCOPE = "ledger.v1.Accounts"
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -93,6 +108,38 @@ def _empty(account: pb.Account) -> None:
             ],
             reason="BALANCE_NOT_ZERO",
         )
+
+
+def _unheld(account: pb.Account) -> None:
+    holds = list(account.hold_ids)
+    if holds:
+        more = f" and {len(holds) - 3} more" if len(holds) > 3 else ""
+        raise FailedPrecondition(
+            "an account with a hold cannot be closed",
+            [
+                PreconditionViolation(
+                    "HOLDS_PENDING",
+                    f"accounts/{account.account_id}",
+                    f"held by {', '.join(holds[:3])}{more}",
+                )
+            ],
+            reason="HOLDS_PENDING",
+            metadata={"holds": str(len(holds))},
+        )
+
+
+def _hold(account: pb.Account, hold_id: str) -> None:
+    if not hold_id or hold_id in account.hold_ids:
+        return
+    if len(account.hold_ids) >= MAX_HOLDS:
+        # Transient: each hold is released when its transfer ends.
+        raise ResourceExhausted(
+            "the account has too many holds, try again later",
+            [QuotaViolation(f"accounts/{account.account_id}", f"at most {MAX_HOLDS} holds")],
+            reason="TOO_MANY_HOLDS",
+            retry_after=1.0,
+        )
+    account.hold_ids.append(hold_id)
 
 
 class AccountsService(AccountsServicer):
@@ -171,6 +218,7 @@ class AccountsService(AccountsServicer):
         request: Any,
         response_type: type[Any],
         apply: Callable[[pb.Account], None],
+        release: pb.Hold | None = None,
     ) -> Any:
         async def effect(claim: Claim) -> Message:
             def checked(account: pb.Account) -> None:
@@ -178,7 +226,9 @@ class AccountsService(AccountsServicer):
                 account.update_time.CopyFrom(self._now())
 
             record = self._recording(claim, lambda account: response_type(account=account))
-            account = await self._table.change(request.account_id, checked, record, claim.token)
+            account = await self._table.change(
+                request.account_id, checked, record, claim.token, release
+            )
             claim.committed = True
             return response_type(account=account)  # type: ignore[no-any-return]
 
@@ -192,8 +242,9 @@ class AccountsService(AccountsServicer):
             _same_currency(account, request.amount)
             account.balance_minor_units += request.amount.minor_units
 
+        release = request.release_hold if request.HasField("release_hold") else None
         response: pb.DepositResponse = await self._change(
-            "Deposit", request, pb.DepositResponse, credit
+            "Deposit", request, pb.DepositResponse, credit, release
         )
         return response
 
@@ -203,6 +254,7 @@ class AccountsService(AccountsServicer):
             _same_currency(account, request.amount)
             _covers(account, request.amount)
             account.balance_minor_units -= request.amount.minor_units
+            _hold(account, request.hold_id)
 
         response: pb.WithdrawResponse = await self._change(
             "Withdraw", request, pb.WithdrawResponse, debit
@@ -215,6 +267,7 @@ class AccountsService(AccountsServicer):
         def close(account: pb.Account) -> None:
             _open(account)
             _empty(account)
+            _unheld(account)
             account.state = pb.ACCOUNT_STATE_CLOSED
 
         response: pb.CloseAccountResponse = await self._change(

@@ -1,7 +1,8 @@
 """The accounts table: one item per account, changed only by conditional writes.
 
 Item: `account_id` (key), `owner`, `currency_code`, `balance` (minor units),
-`state` (OPEN/CLOSED), `version`, `created_us`, `updated_us`.
+`state` (OPEN/CLOSED), `holds` (the ids of its holds, a list), `version`,
+`created_us`, `updated_us`.
 
 Every change is optimistic: read the item (consistent read), check the
 business rules against that exact version, then write the new item in a
@@ -9,7 +10,9 @@ business rules against that exact version, then write the new item in a
 the idempotency record of the request. A concurrent writer makes the
 condition fail and the change is re-read and re-checked, so no update is
 lost and a balance can never go negative; the response (the account as
-written) and the recorded outcome are exact.
+written) and the recorded outcome are exact. A change that releases a hold on
+another account (a transfer's credit) reads and writes that account the same
+way, in the same transaction.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ def account_of(item: dict[str, Any]) -> tuple[pb.Account, int]:
         currency_code=values["currency_code"],
         balance_minor_units=values["balance"],
         state=STATE_OF[values["state"]],
+        hold_ids=values.get("holds", []),  # items written before holds existed have none
     )
     account.create_time.FromMicroseconds(values["created_us"])
     account.update_time.FromMicroseconds(values["updated_us"])
@@ -51,11 +55,20 @@ def item_of(account: pb.Account, version: int) -> dict[str, Any]:
             "currency_code": account.currency_code,
             "balance": account.balance_minor_units,
             "state": STATES[account.state],
+            "holds": list(account.hold_ids),
             "version": version,
             "created_us": account.create_time.ToMicroseconds(),
             "updated_us": account.update_time.ToMicroseconds(),
         }
     )
+
+
+def drop_hold(account: pb.Account, hold_id: str) -> bool:
+    """Releases the hold if the account has it; whether it had."""
+    if hold_id not in account.hold_ids:
+        return False
+    account.hold_ids.remove(hold_id)
+    return True
 
 
 def conflict(error: BaseException) -> bool:
@@ -117,30 +130,50 @@ class AccountsTable:
         apply: Callable[[pb.Account], None],
         also: Callable[[pb.Account], dict[str, Any]],
         token: str,
+        release: pb.Hold | None = None,
     ) -> pb.Account:
-        """Applies `apply` (which checks the rules and may raise) to the current account and
-        writes the result with `also(result)` in one transaction; re-reads on conflict."""
+        """Applies `apply` (which checks the rules and may raise) to the current account,
+        releases `release` (on this account or another), and writes the result with
+        `also(result)` in one transaction; re-reads on conflict."""
         for _ in range(MAX_CONFLICT_RETRIES):
             account, version = await self.get(account_id)
             apply(account)
-            update = {
-                "Put": {
-                    "TableName": self.name,
-                    "Item": item_of(account, version + 1),
-                    "ConditionExpression": "version = :version",
-                    "ExpressionAttributeValues": to_item({":version": version}),
-                }
-            }
+            other: list[dict[str, Any]] = []
+            versions = str(version)
+            if release is not None and release.account_id == account_id:
+                drop_hold(account, release.hold_id)
+            elif release is not None:
+                held, held_version = await self.get(release.account_id)
+                if drop_hold(held, release.hold_id):  # nothing to write if it is not there
+                    held.update_time.CopyFrom(account.update_time)
+                    other.append(self._put(held, held_version))
+                    versions += f"/{held_version}"
+            # The record (second: _transact reads its condition's failure) holds the
+            # account as written.
+            writes = [self._put(account, version), also(account), *other]
             try:
-                await self._transact(
-                    [update, also(account)], token=str(uuid.uuid5(uuid.UUID(token), str(version)))
-                )
+                # One token per set of versions: DynamoDB refuses a token reused for
+                # different items (IdempotentParameterMismatch).
+                await self._transact(writes, token=str(uuid.uuid5(uuid.UUID(token), versions)))
                 return account
             except AwsClientError as error:
-                codes = cancellation_codes(error)
-                if not (codes and codes[0] == "ConditionalCheckFailed") and not conflict(error):
+                # An account changed since it was read (the record's own condition is
+                # handled by _transact): read again.
+                stale = "ConditionalCheckFailed" in cancellation_codes(error)
+                if not stale and not conflict(error):
                     raise
         raise contended()
+
+    def _put(self, account: pb.Account, version: int) -> dict[str, Any]:
+        """The write of `account` over `version`, which fails if it changed meanwhile."""
+        return {
+            "Put": {
+                "TableName": self.name,
+                "Item": item_of(account, version + 1),
+                "ConditionExpression": "version = :version",
+                "ExpressionAttributeValues": to_item({":version": version}),
+            }
+        }
 
     async def _transact(self, items: list[dict[str, Any]], token: str) -> None:
         try:

@@ -8,6 +8,12 @@
   compensation, so once the debit is done a transient failure is retried
   until the credit is made or fails permanently (closed account, currency),
   which refunds the source.
+- The debit places a hold named by the transfer id on the source, and the
+  credit or the refund releases it in its own write (services.accounts): the
+  source cannot be closed while the transfer may still refund it. Only
+  transfers started with holds (`hold_source` in the payload) use them: a
+  step repeated after an upgrade must send what it sent the first time, or
+  Accounts refuses it as a reused request_id.
 
 Errors whose code says a retry cannot help (FAILED_PRECONDITION, NOT_FOUND,
 INVALID_ARGUMENT, ...) are permanent, with the ErrorInfo reason as the
@@ -41,6 +47,7 @@ PERMANENT_CODES = frozenset(
         grpc.StatusCode.UNIMPLEMENTED,
     }
 )
+EVENT_FIELDS = ("source", "destination", "currency", "minor_units")  # of the payload
 STATE_OF = {
     "RUNNING": transfers_pb2.TRANSFER_STATE_PENDING,
     "COMPENSATING": transfers_pb2.TRANSFER_STATE_PENDING,
@@ -60,6 +67,7 @@ def payload_of(request: transfers_pb2.CreateTransferRequest) -> dict[str, Any]:
         "destination": request.destination_account_id,
         "currency": request.amount.currency_code,
         "minor_units": request.amount.minor_units,
+        "hold_source": True,
     }
 
 
@@ -111,17 +119,30 @@ class TransferSaga:
             "memo": memo,
         }
 
+    @staticmethod
+    def _source_hold(saga: Saga) -> accounts_pb2.Hold | None:
+        if not saga.payload.get("hold_source"):
+            return None
+        return accounts_pb2.Hold(account_id=saga.payload["source"], hold_id=saga.saga_id)
+
     async def _debit(self, saga: Saga) -> None:
         movement = self._movement(saga, "DEBIT_SOURCE", "source")
-        await self._accounts.withdraw(accounts_pb2.WithdrawRequest(**movement))
+        hold = self._source_hold(saga)
+        await self._accounts.withdraw(
+            accounts_pb2.WithdrawRequest(**movement, hold_id=hold.hold_id if hold else "")
+        )
 
     async def _credit(self, saga: Saga) -> None:
         movement = self._movement(saga, "CREDIT_DESTINATION", "destination")
-        await self._accounts.deposit(accounts_pb2.DepositRequest(**movement))
+        await self._accounts.deposit(
+            accounts_pb2.DepositRequest(**movement, release_hold=self._source_hold(saga))
+        )
 
     async def _refund(self, saga: Saga) -> None:
         movement = self._movement(saga, "REFUND_SOURCE", "source")
-        await self._accounts.deposit(accounts_pb2.DepositRequest(**movement))
+        await self._accounts.deposit(
+            accounts_pb2.DepositRequest(**movement, release_hold=self._source_hold(saga))
+        )
 
     def permanent(self, error: BaseException) -> str | None:
         if isinstance(error, grpc.aio.AioRpcError) and error.code() in PERMANENT_CODES:
@@ -138,5 +159,5 @@ class TransferSaga:
             "state": saga.status,
             "failure_reason": "" if completed else saga.failure_reason,
             "time_us": saga.updated_us,
-            **saga.payload,
+            **{key: saga.payload[key] for key in EVENT_FIELDS},
         }

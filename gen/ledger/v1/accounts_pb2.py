@@ -28,7 +28,7 @@ from grpcplatform.v1 import options_pb2 as grpcplatform_dot_v1_dot_options__pb2
 from ledger.v1 import money_pb2 as ledger_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18ledger/v1/accounts.proto\x12\tledger.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dgrpcplatform/v1/options.proto\x1a\x15ledger/v1/money.proto\"\xef\x01\n\x07\x41\x63\x63ount\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\x05owner\x18\x02 \x01(\tB\x03\x80\x01\x01\x12\x15\n\rcurrency_code\x18\x03 \x01(\t\x12\x1b\n\x13\x62\x61lance_minor_units\x18\x04 \x01(\x03\x12&\n\x05state\x18\x05 \x01(\x0e\x32\x17.ledger.v1.AccountState\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x85\x01\n\x12OpenAccountRequest\x12\'\n\nrequest_id\x18\x01 \x01(\tB\x13\xbaH\x10r\x0e\x10\x01\x18$2\x08^[!-~]+$\x12\x1c\n\x05owner\x18\x02 \x01(\tB\r\x80\x01\x01\xbaH\x07r\x05\x10\x01\x18\xc8\x01\x12(\n\rcurrency_code\x18\x03 \x01(\tB\x11\xbaH\x0er\x0c\x32\n^[A-Z]{3}$\":\n\x13OpenAccountResponse\x12#\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x12.ledger.v1.Account\"1\n\x11GetAccountRequest\x12\x1c\n\naccount_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"9\n\x12GetAccountResponse\x12#\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x12.ledger.v1.Account\"R\n\x13ListAccountsRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\"U\n\x14ListAccountsResponse\x12$\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x12.ledger.v1.Account\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x99\x01\n\x0e\x44\x65positRequest\x12\'\n\nrequest_id\x18\x01 \x01(\tB\x13\xbaH\x10r\x0e\x10\x01\x18$2\x08^[!-~]+$\x12\x1c\n\naccount_id\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12(\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x10.ledger.v1.MoneyB\x06\xbaH\x03\xc8\x01\x01\x12\x16\n\x04memo\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\x8c\x01\"6\n\x0f\x44\x65positResponse\x12#\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x12.ledger.v1.Account\"\x9a\x01\n\x0fWithdrawRequest\x12\'\n\nrequest_id\x18\x01 \x01(\tB\x13\xbaH\x10r\x0e\x10\x01\x18$2\x08^[!-~]+$\x12\x1c\n\naccount_id\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12(\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x10.ledger.v1.MoneyB\x06\xbaH\x03\xc8\x01\x01\x12\x16\n\x04memo\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\x8c\x01\"7\n\x10WithdrawResponse\x12#\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x12.ledger.v1.Account\"\\\n\x13\x43loseAccountRequest\x12\'\n\nrequest_id\x18\x01 \x01(\tB\x13\xbaH\x10r\x0e\x10\x01\x18$2\x08^[!-~]+$\x12\x1c\n\naccount_id\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\";\n\x14\x43loseAccountResponse\x12#\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x12.ledger.v1.Account*_\n\x0c\x41\x63\x63ountState\x12\x1d\n\x19\x41\x43\x43OUNT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41\x43\x43OUNT_STATE_OPEN\x10\x01\x12\x18\n\x14\x41\x43\x43OUNT_STATE_CLOSED\x10\x02\x32\x94\x04\n\x08\x41\x63\x63ounts\x12X\n\x0bOpenAccount\x12\x1d.ledger.v1.OpenAccountRequest\x1a\x1e.ledger.v1.OpenAccountResponse\"\n\x90\x02\x02\xb2\xe1\x18\x03\x08\xd0\x0f\x12U\n\nGetAccount\x12\x1c.ledger.v1.GetAccountRequest\x1a\x1d.ledger.v1.GetAccountResponse\"\n\x90\x02\x01\xb2\xe1\x18\x03\x08\xe8\x07\x12[\n\x0cListAccounts\x12\x1e.ledger.v1.ListAccountsRequest\x1a\x1f.ledger.v1.ListAccountsResponse\"\n\x90\x02\x01\xb2\xe1\x18\x03\x08\xd0\x0f\x12L\n\x07\x44\x65posit\x12\x19.ledger.v1.DepositRequest\x1a\x1a.ledger.v1.DepositResponse\"\n\x90\x02\x02\xb2\xe1\x18\x03\x08\xd0\x0f\x12O\n\x08Withdraw\x12\x1a.ledger.v1.WithdrawRequest\x1a\x1b.ledger.v1.WithdrawResponse\"\n\x90\x02\x02\xb2\xe1\x18\x03\x08\xd0\x0f\x12[\n\x0c\x43loseAccount\x12\x1e.ledger.v1.CloseAccountRequest\x1a\x1f.ledger.v1.CloseAccountResponse\"\n\x90\x02\x02\xb2\xe1\x18\x03\x08\xd0\x0f\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18ledger/v1/accounts.proto\x12\tledger.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dgrpcplatform/v1/options.proto\x1a\x15ledger/v1/money.proto\"\x81\x02\n\x07\x41\x63\x63ount\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\x05owner\x18\x02 \x01(\tB\x03\x80\x01\x01\x12\x15\n\rcurrency_code\x18\x03 \x01(\t\x12\x1b\n\x13\x62\x61lance_minor_units\x18\x04 \x01(\x03\x12&\n\x05state\x18\x05 \x01(\x0e\x32\x17.ledger.v1.AccountState\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08hold_ids\x18\x08 \x03(\t\"J\n\x04Hold\x12\x1c\n\naccount_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12$\n\x07hold_id\x18\x02 \x01(\tB\x13\xbaH\x10r\x0e\x10\x01\x18$2\x08^[!-~]+$\"\x85\x01\n\x12OpenAccountRequest\x12\'\n\nrequest_id\x18\x01 \x01(\tB\x13\xbaH\x10r\x0e\x10\x01\x18$2\x08^[!-~]+$\x12\x1c\n\x05owner\x18\x02 \x01(\tB\r\x80\x01\x01\xbaH\x07r\x05\x10\x01\x18\xc8\x01\x12(\n\rcurrency_code\x18\x03 \x01(\tB\x11\xbaH\x0er\x0c\x32\n^[A-Z]{3}$\":\n\x13OpenAccountResponse\x12#\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x12.ledger.v1.Account\"1\n\x11GetAccountRequest\x12\x1c\n\naccount_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"9\n\x12GetAccountResponse\x12#\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x12.ledger.v1.Account\"R\n\x13ListAccountsRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\"U\n\x14ListAccountsResponse\x12$\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x12.ledger.v1.Account\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xc0\x01\n\x0e\x44\x65positRequest\x12\'\n\nrequest_id\x18\x01 \x01(\tB\x13\xbaH\x10r\x0e\x10\x01\x18$2\x08^[!-~]+$\x12\x1c\n\naccount_id\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12(\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x10.ledger.v1.MoneyB\x06\xbaH\x03\xc8\x01\x01\x12\x16\n\x04memo\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\x8c\x01\x12%\n\x0crelease_hold\x18\x05 \x01(\x0b\x32\x0f.ledger.v1.Hold\"6\n\x0f\x44\x65positResponse\x12#\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x12.ledger.v1.Account\"\xbe\x01\n\x0fWithdrawRequest\x12\'\n\nrequest_id\x18\x01 \x01(\tB\x13\xbaH\x10r\x0e\x10\x01\x18$2\x08^[!-~]+$\x12\x1c\n\naccount_id\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12(\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x10.ledger.v1.MoneyB\x06\xbaH\x03\xc8\x01\x01\x12\x16\n\x04memo\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\x8c\x01\x12\"\n\x07hold_id\x18\x05 \x01(\tB\x11\xbaH\x0er\x0c\x18$2\x08^[!-~]*$\"7\n\x10WithdrawResponse\x12#\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x12.ledger.v1.Account\"\\\n\x13\x43loseAccountRequest\x12\'\n\nrequest_id\x18\x01 \x01(\tB\x13\xbaH\x10r\x0e\x10\x01\x18$2\x08^[!-~]+$\x12\x1c\n\naccount_id\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\";\n\x14\x43loseAccountResponse\x12#\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x12.ledger.v1.Account*_\n\x0c\x41\x63\x63ountState\x12\x1d\n\x19\x41\x43\x43OUNT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41\x43\x43OUNT_STATE_OPEN\x10\x01\x12\x18\n\x14\x41\x43\x43OUNT_STATE_CLOSED\x10\x02\x32\x94\x04\n\x08\x41\x63\x63ounts\x12X\n\x0bOpenAccount\x12\x1d.ledger.v1.OpenAccountRequest\x1a\x1e.ledger.v1.OpenAccountResponse\"\n\x90\x02\x02\xb2\xe1\x18\x03\x08\xd0\x0f\x12U\n\nGetAccount\x12\x1c.ledger.v1.GetAccountRequest\x1a\x1d.ledger.v1.GetAccountResponse\"\n\x90\x02\x01\xb2\xe1\x18\x03\x08\xe8\x07\x12[\n\x0cListAccounts\x12\x1e.ledger.v1.ListAccountsRequest\x1a\x1f.ledger.v1.ListAccountsResponse\"\n\x90\x02\x01\xb2\xe1\x18\x03\x08\xd0\x0f\x12L\n\x07\x44\x65posit\x12\x19.ledger.v1.DepositRequest\x1a\x1a.ledger.v1.DepositResponse\"\n\x90\x02\x02\xb2\xe1\x18\x03\x08\xd0\x0f\x12O\n\x08Withdraw\x12\x1a.ledger.v1.WithdrawRequest\x1a\x1b.ledger.v1.WithdrawResponse\"\n\x90\x02\x02\xb2\xe1\x18\x03\x08\xd0\x0f\x12[\n\x0c\x43loseAccount\x12\x1e.ledger.v1.CloseAccountRequest\x1a\x1f.ledger.v1.CloseAccountResponse\"\n\x90\x02\x02\xb2\xe1\x18\x03\x08\xd0\x0f\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,6 +37,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ACCOUNT'].fields_by_name['owner']._loaded_options = None
   _globals['_ACCOUNT'].fields_by_name['owner']._serialized_options = b'\200\001\001'
+  _globals['_HOLD'].fields_by_name['account_id']._loaded_options = None
+  _globals['_HOLD'].fields_by_name['account_id']._serialized_options = b'\272H\005r\003\260\001\001'
+  _globals['_HOLD'].fields_by_name['hold_id']._loaded_options = None
+  _globals['_HOLD'].fields_by_name['hold_id']._serialized_options = b'\272H\020r\016\020\001\030$2\010^[!-~]+$'
   _globals['_OPENACCOUNTREQUEST'].fields_by_name['request_id']._loaded_options = None
   _globals['_OPENACCOUNTREQUEST'].fields_by_name['request_id']._serialized_options = b'\272H\020r\016\020\001\030$2\010^[!-~]+$'
   _globals['_OPENACCOUNTREQUEST'].fields_by_name['owner']._loaded_options = None
@@ -65,6 +69,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WITHDRAWREQUEST'].fields_by_name['amount']._serialized_options = b'\272H\003\310\001\001'
   _globals['_WITHDRAWREQUEST'].fields_by_name['memo']._loaded_options = None
   _globals['_WITHDRAWREQUEST'].fields_by_name['memo']._serialized_options = b'\272H\005r\003\030\214\001'
+  _globals['_WITHDRAWREQUEST'].fields_by_name['hold_id']._loaded_options = None
+  _globals['_WITHDRAWREQUEST'].fields_by_name['hold_id']._serialized_options = b'\272H\016r\014\030$2\010^[!-~]*$'
   _globals['_CLOSEACCOUNTREQUEST'].fields_by_name['request_id']._loaded_options = None
   _globals['_CLOSEACCOUNTREQUEST'].fields_by_name['request_id']._serialized_options = b'\272H\020r\016\020\001\030$2\010^[!-~]+$'
   _globals['_CLOSEACCOUNTREQUEST'].fields_by_name['account_id']._loaded_options = None
@@ -81,34 +87,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACCOUNTS'].methods_by_name['Withdraw']._serialized_options = b'\220\002\002\262\341\030\003\010\320\017'
   _globals['_ACCOUNTS'].methods_by_name['CloseAccount']._loaded_options = None
   _globals['_ACCOUNTS'].methods_by_name['CloseAccount']._serialized_options = b'\220\002\002\262\341\030\003\010\320\017'
-  _globals['_ACCOUNTSTATE']._serialized_start=1455
-  _globals['_ACCOUNTSTATE']._serialized_end=1550
+  _globals['_ACCOUNTSTATE']._serialized_start=1624
+  _globals['_ACCOUNTSTATE']._serialized_end=1719
   _globals['_ACCOUNT']._serialized_start=156
-  _globals['_ACCOUNT']._serialized_end=395
-  _globals['_OPENACCOUNTREQUEST']._serialized_start=398
-  _globals['_OPENACCOUNTREQUEST']._serialized_end=531
-  _globals['_OPENACCOUNTRESPONSE']._serialized_start=533
-  _globals['_OPENACCOUNTRESPONSE']._serialized_end=591
-  _globals['_GETACCOUNTREQUEST']._serialized_start=593
-  _globals['_GETACCOUNTREQUEST']._serialized_end=642
-  _globals['_GETACCOUNTRESPONSE']._serialized_start=644
-  _globals['_GETACCOUNTRESPONSE']._serialized_end=701
-  _globals['_LISTACCOUNTSREQUEST']._serialized_start=703
-  _globals['_LISTACCOUNTSREQUEST']._serialized_end=785
-  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=787
-  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=872
-  _globals['_DEPOSITREQUEST']._serialized_start=875
-  _globals['_DEPOSITREQUEST']._serialized_end=1028
-  _globals['_DEPOSITRESPONSE']._serialized_start=1030
-  _globals['_DEPOSITRESPONSE']._serialized_end=1084
-  _globals['_WITHDRAWREQUEST']._serialized_start=1087
-  _globals['_WITHDRAWREQUEST']._serialized_end=1241
-  _globals['_WITHDRAWRESPONSE']._serialized_start=1243
-  _globals['_WITHDRAWRESPONSE']._serialized_end=1298
-  _globals['_CLOSEACCOUNTREQUEST']._serialized_start=1300
-  _globals['_CLOSEACCOUNTREQUEST']._serialized_end=1392
-  _globals['_CLOSEACCOUNTRESPONSE']._serialized_start=1394
-  _globals['_CLOSEACCOUNTRESPONSE']._serialized_end=1453
-  _globals['_ACCOUNTS']._serialized_start=1553
-  _globals['_ACCOUNTS']._serialized_end=2085
+  _globals['_ACCOUNT']._serialized_end=413
+  _globals['_HOLD']._serialized_start=415
+  _globals['_HOLD']._serialized_end=489
+  _globals['_OPENACCOUNTREQUEST']._serialized_start=492
+  _globals['_OPENACCOUNTREQUEST']._serialized_end=625
+  _globals['_OPENACCOUNTRESPONSE']._serialized_start=627
+  _globals['_OPENACCOUNTRESPONSE']._serialized_end=685
+  _globals['_GETACCOUNTREQUEST']._serialized_start=687
+  _globals['_GETACCOUNTREQUEST']._serialized_end=736
+  _globals['_GETACCOUNTRESPONSE']._serialized_start=738
+  _globals['_GETACCOUNTRESPONSE']._serialized_end=795
+  _globals['_LISTACCOUNTSREQUEST']._serialized_start=797
+  _globals['_LISTACCOUNTSREQUEST']._serialized_end=879
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=881
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=966
+  _globals['_DEPOSITREQUEST']._serialized_start=969
+  _globals['_DEPOSITREQUEST']._serialized_end=1161
+  _globals['_DEPOSITRESPONSE']._serialized_start=1163
+  _globals['_DEPOSITRESPONSE']._serialized_end=1217
+  _globals['_WITHDRAWREQUEST']._serialized_start=1220
+  _globals['_WITHDRAWREQUEST']._serialized_end=1410
+  _globals['_WITHDRAWRESPONSE']._serialized_start=1412
+  _globals['_WITHDRAWRESPONSE']._serialized_end=1467
+  _globals['_CLOSEACCOUNTREQUEST']._serialized_start=1469
+  _globals['_CLOSEACCOUNTREQUEST']._serialized_end=1561
+  _globals['_CLOSEACCOUNTRESPONSE']._serialized_start=1563
+  _globals['_CLOSEACCOUNTRESPONSE']._serialized_end=1622
+  _globals['_ACCOUNTS']._serialized_start=1722
+  _globals['_ACCOUNTS']._serialized_end=2254
 # @@protoc_insertion_point(module_scope)

@@ -58,6 +58,7 @@ class Account(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    HOLD_IDS_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """Server-assigned UUID."""
     owner: _builtins.str
@@ -76,6 +77,12 @@ class Account(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the account last changed."""
 
+    @_builtins.property
+    def hold_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Holds placed by withdrawals (WithdrawRequest.hold_id) and not yet
+        released: while there is one, the account cannot be closed.
+        """
+
     def __init__(
         self,
         *,
@@ -86,14 +93,41 @@ class Account(_message.Message):
         state: Global___AccountState.ValueType = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        hold_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "balance_minor_units", b"balance_minor_units", "create_time", b"create_time", "currency_code", b"currency_code", "owner", b"owner", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "balance_minor_units", b"balance_minor_units", "create_time", b"create_time", "currency_code", b"currency_code", "hold_ids", b"hold_ids", "owner", b"owner", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Account: _TypeAlias = Account  # noqa: Y015
+
+@_typing.final
+class Hold(_message.Message):
+    """Hold names one hold on one account."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account holding it."""
+    hold_id: _builtins.str
+    """The hold, as the withdrawal placed it."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        hold_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "hold_id", b"hold_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Hold: _TypeAlias = Hold  # noqa: Y015
 
 @_typing.final
 class OpenAccountRequest(_message.Message):
@@ -259,6 +293,7 @@ class DepositRequest(_message.Message):
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     MEMO_FIELD_NUMBER: _builtins.int
+    RELEASE_HOLD_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key (AIP-155): at most 36 printable ASCII characters; a UUID is recommended."""
     account_id: _builtins.str
@@ -269,6 +304,13 @@ class DepositRequest(_message.Message):
     def amount(self) -> _money_pb2.Money:
         """How much; its currency must be the account's."""
 
+    @_builtins.property
+    def release_hold(self) -> Global___Hold:
+        """A hold to release in the same write, on this account or another; a hold
+        that is not there (never placed, or released already) is left alone. A
+        transfer's credit, and its refund, release the hold its debit placed.
+        """
+
     def __init__(
         self,
         *,
@@ -276,10 +318,11 @@ class DepositRequest(_message.Message):
         account_id: _builtins.str = ...,
         amount: _money_pb2.Money | None = ...,
         memo: _builtins.str = ...,
+        release_hold: Global___Hold | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "release_hold", b"release_hold"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "memo", b"memo", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "memo", b"memo", "release_hold", b"release_hold", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -319,12 +362,19 @@ class WithdrawRequest(_message.Message):
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     MEMO_FIELD_NUMBER: _builtins.int
+    HOLD_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key (AIP-155): at most 36 printable ASCII characters; a UUID is recommended."""
     account_id: _builtins.str
     """The account to debit."""
     memo: _builtins.str
     """Free text kept with the movement, e.g. the transfer it belongs to."""
+    hold_id: _builtins.str
+    """Optional: places a hold with this id on the account in the same write,
+    so that it cannot be closed until a Deposit releases the hold. A
+    transfer's debit places one, so that its refund, if the credit fails,
+    always finds the account open. At most 36 printable ASCII characters.
+    """
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
         """How much; its currency must be the account's."""
@@ -336,10 +386,11 @@ class WithdrawRequest(_message.Message):
         account_id: _builtins.str = ...,
         amount: _money_pb2.Money | None = ...,
         memo: _builtins.str = ...,
+        hold_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "memo", b"memo", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "hold_id", b"hold_id", "memo", b"memo", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -380,7 +431,7 @@ class CloseAccountRequest(_message.Message):
     request_id: _builtins.str
     """Idempotency key (AIP-155): at most 36 printable ASCII characters; a UUID is recommended."""
     account_id: _builtins.str
-    """The account to close; its balance must be zero."""
+    """The account to close; its balance must be zero, and it must have no hold."""
     def __init__(
         self,
         *,

@@ -110,7 +110,8 @@ class AccountsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CloseAccount(self, request, context):
-        """CloseAccount closes an account whose balance is zero.
+        """CloseAccount closes an account whose balance is zero and that has no
+        hold (see WithdrawRequest.hold_id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

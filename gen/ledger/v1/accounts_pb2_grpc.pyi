@@ -48,7 +48,9 @@ class AccountsStub:
     than let a balance go negative.
     """
     CloseAccount: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.CloseAccountRequest, _accounts_pb2.CloseAccountResponse]
-    """CloseAccount closes an account whose balance is zero."""
+    """CloseAccount closes an account whose balance is zero and that has no
+    hold (see WithdrawRequest.hold_id).
+    """
 
 @_typing.type_check_only
 class AccountsAsyncStub(AccountsStub):
@@ -70,7 +72,9 @@ class AccountsAsyncStub(AccountsStub):
     than let a balance go negative.
     """
     CloseAccount: _aio.UnaryUnaryMultiCallable[_accounts_pb2.CloseAccountRequest, _accounts_pb2.CloseAccountResponse]  # type: ignore[assignment]
-    """CloseAccount closes an account whose balance is zero."""
+    """CloseAccount closes an account whose balance is zero and that has no
+    hold (see WithdrawRequest.hold_id).
+    """
 
 class AccountsServicer(metaclass=_abc_1.ABCMeta):
     """Accounts holds balances. Every write is idempotent by `request_id`
@@ -125,6 +129,8 @@ class AccountsServicer(metaclass=_abc_1.ABCMeta):
         request: _accounts_pb2.CloseAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_accounts_pb2.CloseAccountResponse, _abc.Awaitable[_accounts_pb2.CloseAccountResponse]]:
-        """CloseAccount closes an account whose balance is zero."""
+        """CloseAccount closes an account whose balance is zero and that has no
+        hold (see WithdrawRequest.hold_id).
+        """
 
 def add_AccountsServicer_to_server(servicer: AccountsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -113,7 +113,7 @@ class AccountsServicer:
         request: ledger_v1_accounts_pb2.CloseAccountRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> ledger_v1_accounts_pb2.CloseAccountResponse:
-        """CloseAccount closes an account whose balance is zero."""
+        """CloseAccount closes an account whose balance is zero and that has no hold (see WithdrawRequest.hold_id)."""
         raise NotImplementedError
 
     def rpc_method_handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
@@ -270,5 +270,5 @@ class AccountsClient:
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> ledger_v1_accounts_pb2.CloseAccountResponse:
-        """CloseAccount closes an account whose balance is zero."""
+        """CloseAccount closes an account whose balance is zero and that has no hold (see WithdrawRequest.hold_id)."""
         return await self._invoker.unary_unary(self._close_account, ACCOUNTS_METHODS["CloseAccount"], request, timeout=timeout, metadata=metadata)
