@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
@@ -14,6 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from clients.aws import AwsBreakerStates, AwsClients, AwsSettings
 from clients.chain import ClientChain
 from clients.channel import ChannelFactory
+from durable.consumer import Delivery, SqsConsumer
+from durable.saga import SagaEngine
 from grpcplatform.testing.v1 import echo_pb2 as pb
 from grpcplatform.testing.v1.echo_platform import EchoServiceClient
 from interceptors.metrics import RpcMetrics
@@ -49,6 +52,16 @@ def adapter_rules() -> list[dict[str, Any]]:
     return rules
 
 
+class Unused:
+    """A publisher and a handler for pieces whose metrics are read but that never run."""
+
+    async def publish(self, event: Mapping[str, Any], context: Mapping[str, str]) -> None:
+        raise AssertionError("not run")
+
+    async def handle(self, delivery: Delivery) -> None:
+        raise AssertionError("not run")
+
+
 async def exported_series(start_runtime: StartRuntime) -> set[str]:
     """Every series name on a real /metrics, with a client chain and AWS clients (opened,
     never called) on the same registry."""
@@ -60,6 +73,9 @@ async def exported_series(start_runtime: StartRuntime) -> set[str]:
     await client.echo(pb.EchoRequest(message="x"))
     aws = AwsClients(AwsSettings(endpoint_url=f"http://{HOST}:9"))
     AwsBreakerStates(runtime.registry, aws)
+    # The ledger's own series, registered as its Transfers service does (never run here).
+    SagaEngine(None, "sagas", [], Unused(), registry=runtime.registry)
+    SqsConsumer(None, "http://sqs/events", Unused().handle, registry=runtime.registry)
     await aws.client("sqs")
     try:
         _, body = await asyncio.to_thread(http_get, f"http://{HOST}:{runtime.admin.port}/metrics")
@@ -98,6 +114,8 @@ def test_alerts_cover_errors_latency_breakers_and_saturation() -> None:
     assert "platform_aws_breaker_state" in alerts["CircuitBreakerOpen"]
     assert "platform_server_concurrency_limit" in alerts["GrpcServerSaturated"]
     assert "platform_server_event_loop_cpu_seconds_total" in alerts["GrpcServerEventLoopBusy"]
+    assert "platform_saga_compensation_failed_total" in alerts["SagaCompensationFailed"]
+    assert 'outcome="failed"' in alerts["QueueMessagesFailing"]
 
 
 def test_hpa_metrics_are_the_ones_the_adapter_provides() -> None:

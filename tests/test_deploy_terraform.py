@@ -78,6 +78,14 @@ def problems(tree: Path) -> list[str]:
             found.append(f"{path.name}:{name}: SQS queue without KMS encryption")
         if "dead" not in name and "redrive_policy" not in queue:
             found.append(f"{path.name}:{name}: SQS queue without a dead-letter queue")
+    alarmed = {
+        str(alarm.get("dimensions", {}).get("QueueName", ""))
+        for _, _, alarm in blocks(tree, "resource", "aws_cloudwatch_metric_alarm")
+        if alarm.get("metric_name") == "ApproximateNumberOfMessagesVisible"
+    }
+    for path, name, _ in blocks(tree, "resource", "aws_sqs_queue"):
+        if "dead" in name and f"${{aws_sqs_queue.{name}.name}}" not in alarmed:
+            found.append(f"{path.name}:{name}: dead-letter queue without an alarm on its depth")
     for path, name, repo in blocks(tree, "resource", "aws_ecr_repository"):
         if repo.get("image_tag_mutability") != "IMMUTABLE":
             found.append(f"{path.name}:{name}: ECR tags are mutable")
@@ -162,6 +170,12 @@ def tree_copy(tmp_path: Path) -> Path:
             "  redrive_policy = jsonencode({",
             "  redrive_off = jsonencode({",
             "dead-letter",
+        ),
+        (
+            "data/main.tf",
+            "QueueName = aws_sqs_queue.dead_letter.name",
+            "QueueName = aws_sqs_queue.events.name",
+            "without an alarm",
         ),
     ],
 )

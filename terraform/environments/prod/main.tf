@@ -28,6 +28,7 @@ module "data" {
   tables              = local.tables
   deletion_protection = true
   rotation_lambda_arn = var.secret_rotation_lambda_arn
+  alarm_actions       = var.alarm_topic_arns
   tags                = local.tags
 }
 

@@ -33,3 +33,9 @@ variable "secret_rotation_lambda_arn" {
   type        = string
   default     = null
 }
+
+variable "alarm_topic_arns" {
+  description = "SNS topics notified by the CloudWatch alarms (the dead-letter queue's)."
+  type        = list(string)
+  default     = []
+}

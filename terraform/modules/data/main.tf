@@ -102,6 +102,25 @@ resource "aws_sqs_queue" "events" {
   tags = var.tags
 }
 
+# An event in the dead-letter queue is one the consumer gave up on: the activity feed
+# misses it until someone fixes the cause and redrives it (allowed below).
+resource "aws_cloudwatch_metric_alarm" "dead_letters" {
+  alarm_name          = "${var.name}-events-dead-letters"
+  alarm_description   = "Events the consumer gave up on: find the cause in its logs, then redrive them to ${aws_sqs_queue.events.name}."
+  namespace           = "AWS/SQS"
+  metric_name         = "ApproximateNumberOfMessagesVisible"
+  dimensions          = { QueueName = aws_sqs_queue.dead_letter.name }
+  statistic           = "Maximum"
+  period              = 300
+  evaluation_periods  = 1
+  threshold           = 0
+  comparison_operator = "GreaterThanThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = var.alarm_actions
+  ok_actions          = var.alarm_actions
+  tags                = var.tags
+}
+
 resource "aws_sqs_queue_redrive_allow_policy" "dead_letter" {
   queue_url = aws_sqs_queue.dead_letter.id
   redrive_allow_policy = jsonencode({

@@ -30,6 +30,12 @@ variable "max_receive_count" {
   default     = 5
 }
 
+variable "alarm_actions" {
+  description = "ARNs (e.g. SNS topics) notified when the dead-letter queue holds an event."
+  type        = list(string)
+  default     = []
+}
+
 variable "rotation_lambda_arn" {
   description = "Lambda that rotates the page-token key; null: rotate by hand."
   type        = string
