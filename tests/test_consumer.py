@@ -124,11 +124,13 @@ async def test_pending_events_outlive_an_outage_longer_than_the_fixed_timeouts(
     sqs: Any,
 ) -> None:
     """A handler's dependency is down for `outage` seconds. At a fixed visibility
-    timeout of 1 s the four receives that maxReceiveCount allows come within about
-    3 s, all fail, and the event is dead-lettered; waiting 1, 2 and 4 s after its
-    receives, its fourth attempt comes after the outage and succeeds."""
-    outage = 5.5
-    queues = await queues_with(sqs, max_receive_count=4)
+    timeout of 1 s the five receives that maxReceiveCount allows come within about
+    4 s, all fail, and the event is dead-lettered; waiting 1, 2 and 4 s after its
+    receives, its fourth attempt comes after the outage and succeeds. (The fifth is
+    headroom: on a loaded machine a receive whose answer came too late for the
+    client still counts, as it does in SQS.)"""
+    outage = 6.5
+    queues = await queues_with(sqs, max_receive_count=5)
     await SqsPublisher(sqs, queues.url).publish({"event_id": "during-an-outage"}, {})
     loop = asyncio.get_running_loop()
     back_at = loop.time() + outage
@@ -141,10 +143,11 @@ async def test_pending_events_outlive_an_outage_longer_than_the_fixed_timeouts(
         outcomes.append((delivery.receive_count, "handled"))
 
     running = asyncio.create_task(consumer(queues, handle).run_forever())
-    await eventually(lambda: _empty(queues, queues.url), timeout=30)
+    await eventually(lambda: _empty(queues, queues.url), timeout=40)
     running.cancel()
     assert outcomes[-1][1] == "handled", outcomes
-    assert [count for count, _ in outcomes] == list(range(1, len(outcomes) + 1))
+    counts = [count for count, _ in outcomes]
+    assert counts == sorted(set(counts)), outcomes  # each receive handled once
     assert await queues.count(queues.dead_letter_url) == 0
 
 
