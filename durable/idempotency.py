@@ -90,12 +90,15 @@ class IdempotencyStore(Protocol):
     async def release(self, claim: Claim) -> None: ...
 
 
+KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
+
+
 def key_reused(field: str = "request_id") -> InvalidArgument:
     """The answer to a request_id repeated with a different request body."""
     return InvalidArgument(
         "request_id was already used with a different request",
         [FieldViolation(field, "already used with a different request body")],
-        reason="IDEMPOTENCY_KEY_REUSED",
+        reason=KEY_REUSED,
     )
 
 

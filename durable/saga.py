@@ -26,8 +26,12 @@ and writes it after every step, so any process can resume any saga:
   or with an unpublished event, and drives them. A killed process's sagas are
   resumed by any pod after `lease_seconds`.
 - Metrics (`registry`): `platform_saga_finished_total{kind, status}`,
-  `platform_saga_compensation_failed_total{kind}` (alert on it) and
-  `platform_saga_recovered_total`.
+  `platform_saga_compensation_failed_total{kind}` (alert on it),
+  `platform_saga_recovered_total`, and `platform_saga_oldest_running_seconds`:
+  the age of the oldest saga this process drives. Past its deadline a saga
+  retries only a pivot or a compensation, so one far older is stuck on a
+  step that keeps failing (alert on it); a step still failing after 8, 16,
+  32, ... retries is logged, with the error's type.
 - Outbox: the write that ends a saga also stores its event in the item
   (`outbox`), in the same conditional write. The engine then publishes it and
   removes it; if the process dies in between, recovery finds the item still in
@@ -54,7 +58,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from botocore.exceptions import ClientError as AwsClientError
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from durable.dynamo import Index, TableSpec, error_code, from_item, to_item, to_value
 from interceptors.correlation import current_correlation_id
@@ -193,6 +197,17 @@ class SagaEngine:
             "Sagas taken up by the recovery loop (lease passed or event unpublished).",
             registry=registry,
         )
+        self._running: dict[str, Saga] = {}
+        Gauge(
+            "platform_saga_oldest_running_seconds",
+            "Age of the oldest saga this process drives (0: none); one far past the "
+            "sagas' deadline is stuck retrying a step.",
+            registry=registry,
+        ).set_function(self._oldest_running_seconds)
+
+    def _oldest_running_seconds(self) -> float:
+        oldest = min((saga.created_us for saga in list(self._running.values())), default=None)
+        return 0.0 if oldest is None else max(self._clock() - oldest / 1e6, 0.0)
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -407,6 +422,7 @@ class SagaEngine:
             assert found is not None
             return found
         definition = self.definitions[saga.kind]
+        self._running[saga_id] = saga
         try:
             while not saga.finished:
                 if saga.status == RUNNING:
@@ -423,6 +439,8 @@ class SagaEngine:
         except Exception:
             # The lease runs out and recovery resumes the saga; nothing is lost.
             _log.warning("saga paused until recovery", extra={"saga_id": saga_id}, exc_info=True)
+        finally:
+            self._running.pop(saga_id, None)
         return saga
 
     def _record(self, saga: Saga, name: str, outcome: str, detail: str = "") -> None:
@@ -433,9 +451,12 @@ class SagaEngine:
             {"name": name, "outcome": outcome, "detail": detail, "time_us": saga.updated_us}
         )
 
-    async def _attempt(self, saga: Saga, action: Action, definition: SagaDefinition) -> str | None:
-        """Runs `action` until it succeeds (None) or fails permanently (the reason);
-        retries transient errors while `keep_trying` holds, renewing the lease."""
+    async def _attempt(
+        self, saga: Saga, name: str, action: Action, definition: SagaDefinition
+    ) -> str | None:
+        """Runs `action` (step or compensation `name`) until it succeeds (None) or fails
+        permanently (the reason); retries transient errors while `keep_trying` holds,
+        renewing the lease."""
         retry_number = 0
         while True:
             try:
@@ -450,6 +471,17 @@ class SagaEngine:
                 retry_number += 1
                 if not self._keep_trying(saga, definition):
                     raise _Overdue(type(error).__name__) from error
+                if retry_number >= 8 and retry_number & (retry_number - 1) == 0:
+                    _log.warning(
+                        "saga step still failing",
+                        extra={
+                            "saga_id": saga.saga_id,
+                            "step": name,
+                            "retries": retry_number,
+                            "error_type": type(error).__name__,
+                            "error_message": str(error)[:300],
+                        },
+                    )
                 await asyncio.sleep(self.retry.backoff(min(retry_number, 8)))
                 await self._save(saga)  # renews the lease
 
@@ -462,7 +494,7 @@ class SagaEngine:
     async def _forward(self, definition: SagaDefinition, saga: Saga) -> None:
         step = definition.steps[saga.step]
         try:
-            reason = await self._attempt(saga, step.action, definition)
+            reason = await self._attempt(saga, step.name, step.action, definition)
         except _Overdue as overdue:
             self._record(saga, step.name, "TIMED_OUT", overdue.reason)
             self._begin_compensation(saga, "DEADLINE_EXCEEDED", uncertain=True)
@@ -500,7 +532,7 @@ class SagaEngine:
         step = definition.steps[saga.step]
         if saga.uncertain:
             # Make the step's outcome definite first: its action is idempotent.
-            reason = await self._attempt(saga, step.action, definition)
+            reason = await self._attempt(saga, step.name, step.action, definition)
             saga.uncertain = False
             if reason is not None:  # it never took effect: nothing to undo
                 self._record(saga, step.name, "FAILED", reason)
@@ -509,7 +541,9 @@ class SagaEngine:
                 return
             self._record(saga, step.name, "DONE")
         if step.compensation is not None:
-            reason = await self._attempt(saga, step.compensation, definition)
+            reason = await self._attempt(
+                saga, step.compensation_name, step.compensation, definition
+            )
             if reason is not None:
                 self._record(saga, step.compensation_name, "FAILED", reason)
                 _log.error(

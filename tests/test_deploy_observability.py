@@ -115,6 +115,7 @@ def test_alerts_cover_errors_latency_breakers_and_saturation() -> None:
     assert "platform_server_concurrency_limit" in alerts["GrpcServerSaturated"]
     assert "platform_server_event_loop_cpu_seconds_total" in alerts["GrpcServerEventLoopBusy"]
     assert "platform_saga_compensation_failed_total" in alerts["SagaCompensationFailed"]
+    assert "platform_saga_oldest_running_seconds" in alerts["SagaStuck"]
     assert 'outcome="failed"' in alerts["QueueMessagesFailing"]
 
 

@@ -273,6 +273,32 @@ async def test_a_transfer_can_always_refund_an_emptied_source(ledger: Ledger) ->
     assert await ledger.holds(source) == []
 
 
+async def test_a_step_refused_as_a_reused_request_is_retried_not_compensated(
+    ledger: Ledger,
+) -> None:
+    """A reused request_id means the step went out before with other content: whether it
+    took effect is unknown, so the transfer must not refund on it (it may have credited)."""
+    account = await ledger.open(balance=10)
+    transfer = TransferSaga(ledger.accounts)
+    request_id = rid()
+    await ledger.accounts.withdraw(
+        accounts_pb2.WithdrawRequest(request_id=request_id, account_id=account, amount=eur(1))
+    )
+    reused = await failure(
+        ledger.accounts.withdraw(
+            accounts_pb2.WithdrawRequest(request_id=request_id, account_id=account, amount=eur(2))
+        )
+    )
+    assert error_info(reused).reason == "IDEMPOTENCY_KEY_REUSED"  # type: ignore[union-attr]
+    assert transfer.permanent(reused) is None
+    overdrawn = await failure(
+        ledger.accounts.withdraw(
+            accounts_pb2.WithdrawRequest(request_id=rid(), account_id=account, amount=eur(99))
+        )
+    )
+    assert transfer.permanent(overdrawn) == "INSUFFICIENT_FUNDS"
+
+
 async def test_a_transfer_started_before_holds_repeats_its_steps_unchanged(
     ledger: Ledger,
 ) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from clients.aws import AwsClients, AwsSettings
 from durable.dynamo import ensure_tables
@@ -266,3 +268,42 @@ async def test_a_saga_outlives_the_deadline_of_the_call_that_started_it(
     assert saga.status == COMPLETED  # driven on, not starved by the caller's deadline
     assert budgets == [None]
     assert correlations == ["saga-caller"]  # the starting call's id stays with its saga
+
+
+async def test_a_saga_stuck_on_a_step_shows_on_its_age_gauge(dynamodb: tuple[Any, str]) -> None:
+    effects, events = Effects(), Events()
+    effects.block.add("THREE")  # a pivot that never answers
+    registry = CollectorRegistry()
+    saga_engine = engine(dynamodb, effects, events, registry=registry)
+
+    def oldest() -> float | None:
+        return registry.get_sample_value("platform_saga_oldest_running_seconds")
+
+    assert oldest() == 0.0
+    started = time.time()
+    running = asyncio.create_task(saga_engine.run(await start(saga_engine), 30))
+    await asyncio.wait_for(effects.entered.wait(), 10)
+    await asyncio.sleep(0.3)
+    age = oldest()
+    assert age is not None
+    assert 0.3 <= age <= time.time() - started + 0.01
+    await saga_engine.close()  # the driver stops (another process would take over)
+    running.cancel()
+    assert oldest() == 0.0
+
+
+async def test_a_step_still_failing_is_logged_at_each_doubling_of_its_retries(
+    dynamodb: tuple[Any, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    effects, events = Effects(), Events()
+    effects.fail["THREE"] = [ConnectionError("accounts are down")] * 20
+    saga_engine = engine(dynamodb, effects, events)
+    with caplog.at_level(logging.WARNING, logger="durable.saga"):
+        saga = await saga_engine.run(await start(saga_engine, deadline=0.05), 20)
+    assert saga.status == COMPLETED
+    logged = [r for r in caplog.records if r.getMessage() == "saga step still failing"]
+    assert [(r.step, r.retries, r.error_type) for r in logged] == [  # type: ignore[attr-defined]
+        ("THREE", 8, "ConnectionError"),
+        ("THREE", 16, "ConnectionError"),
+    ]
+    assert logged[0].error_message == "accounts are down"  # type: ignore[attr-defined]

@@ -18,7 +18,13 @@
 Errors whose code says a retry cannot help (FAILED_PRECONDITION, NOT_FOUND,
 INVALID_ARGUMENT, ...) are permanent, with the ErrorInfo reason as the
 saga's failure reason; the rest (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED,
-...) are retried by the engine.
+...) are retried by the engine. One INVALID_ARGUMENT is not:
+IDEMPOTENCY_KEY_REUSED says the step was sent before with other content (by
+another version of this code), so whether it took effect is unknown, and
+neither going on nor compensating is safe. It is retried, and the saga
+stays unfinished for a person to look at (the engine's oldest-running gauge
+and its "saga step still failing" log lines show it), rather than refund a
+credit that was made.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Any
 import grpc
 
 from clients.errors import error_info
+from durable.idempotency import KEY_REUSED
 from durable.saga import COMPLETED, Saga, Step
 from ledger.v1 import accounts_pb2, money_pb2, transfers_pb2
 from ledger.v1.accounts_platform import AccountsClient
@@ -147,7 +154,9 @@ class TransferSaga:
     def permanent(self, error: BaseException) -> str | None:
         if isinstance(error, grpc.aio.AioRpcError) and error.code() in PERMANENT_CODES:
             info = error_info(error)
-            return info.reason if info is not None else error.code().name
+            if info is None:
+                return error.code().name
+            return None if info.reason == KEY_REUSED else info.reason  # see the docstring
         return None
 
     def event(self, saga: Saga) -> dict[str, Any]:
