@@ -197,6 +197,12 @@ class SagaEngine:
             "Sagas taken up by the recovery loop (lease passed or event unpublished).",
             registry=registry,
         )
+        for kind in self.definitions:
+            # Each series exists from the start, at 0: an alert on increase() then sees
+            # a process's first failure, which is usually its only one.
+            self._compensation_failed.labels(kind)
+            for status in TERMINAL:
+                self._finished.labels(kind, status)
         self._running: dict[str, Saga] = {}
         Gauge(
             "platform_saga_oldest_running_seconds",

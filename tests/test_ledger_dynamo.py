@@ -218,6 +218,17 @@ async def test_a_hold_keeps_an_account_open_until_a_deposit_releases_it(ledger: 
     assert list((await ledger.accounts.withdraw(withdraw)).account.hold_ids) == [hold_id]
     await ledger.accounts.withdraw(withdraw)  # a repeat places no second hold
     assert await ledger.holds(held) == [hold_id]
+    await ledger.deposit(held, 5)
+    sharing = accounts_pb2.WithdrawRequest(
+        request_id=rid(), account_id=held, amount=eur(5), hold_id=hold_id
+    )
+    shared = await failure(ledger.accounts.withdraw(sharing))  # one release must free one
+    assert shared.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert error_info(shared).reason == "HOLD_EXISTS"  # type: ignore[union-attr]
+    assert await ledger.balance(held) == 5
+    await ledger.accounts.withdraw(
+        accounts_pb2.WithdrawRequest(request_id=rid(), account_id=held, amount=eur(5))
+    )
 
     refused = await failure(ledger.close(held))  # empty, but held
     assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -273,7 +284,7 @@ async def test_a_transfer_can_always_refund_an_emptied_source(ledger: Ledger) ->
     assert await ledger.holds(source) == []
 
 
-async def test_a_step_refused_as_a_reused_request_is_retried_not_compensated(
+async def test_a_step_refused_as_a_reused_request_is_not_a_permanent_failure(
     ledger: Ledger,
 ) -> None:
     """A reused request_id means the step went out before with other content: whether it
@@ -364,7 +375,8 @@ async def test_an_account_takes_a_bounded_number_of_holds(
 
     await ledger.accounts.withdraw(held_withdrawal())
     await ledger.accounts.withdraw(held_withdrawal())
-    refused = await failure(ledger.accounts.withdraw(held_withdrawal()))
+    retried = held_withdrawal()
+    refused = await failure(ledger.accounts.withdraw(retried))
     assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     info = error_info(refused)
     assert info is not None
@@ -372,6 +384,19 @@ async def test_an_account_takes_a_bounded_number_of_holds(
     (quota,) = [d for d in details_of(refused) if isinstance(d, QuotaFailure)]
     assert quota.violations[0].subject == f"accounts/{account}"
     assert await ledger.balance(account) == 8  # the refused withdrawal took nothing
+    holds = await ledger.holds(account)
+    assert len(holds) == 2
+    # Not recorded as an answer: once a hold is released, the same request goes through.
+    await ledger.accounts.deposit(
+        accounts_pb2.DepositRequest(
+            request_id=rid(),
+            account_id=account,
+            amount=eur(1),
+            release_hold=accounts_pb2.Hold(account_id=account, hold_id=holds[0]),
+        )
+    )
+    await ledger.accounts.withdraw(retried)
+    assert await ledger.balance(account) == 8
     assert len(await ledger.holds(account)) == 2
 
 

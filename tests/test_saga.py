@@ -270,6 +270,18 @@ async def test_a_saga_outlives_the_deadline_of_the_call_that_started_it(
     assert correlations == ["saga-caller"]  # the starting call's id stays with its saga
 
 
+async def test_every_kind_has_its_counters_at_zero_before_its_first_saga(
+    dynamodb: tuple[Any, str],
+) -> None:
+    registry = CollectorRegistry()
+    engine(dynamodb, Effects(), Events(), registry=registry)
+    kind = {"kind": Definition.kind}
+    sample = registry.get_sample_value
+    assert sample("platform_saga_compensation_failed_total", kind) == 0.0
+    assert sample("platform_saga_finished_total", {**kind, "status": COMPLETED}) == 0.0
+    assert sample("platform_saga_finished_total", {**kind, "status": FAILED}) == 0.0
+
+
 async def test_a_saga_stuck_on_a_step_shows_on_its_age_gauge(dynamodb: tuple[Any, str]) -> None:
     effects, events = Effects(), Events()
     effects.block.add("THREE")  # a pivot that never answers

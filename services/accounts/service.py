@@ -29,6 +29,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from durable.idempotency import Claim, DynamoIdempotencyStore, Idempotency, Outcome
 from durable.page_tokens import PageTokens
 from interceptors.errors import (
+    AlreadyExists,
     FailedPrecondition,
     PreconditionViolation,
     QuotaViolation,
@@ -129,8 +130,16 @@ def _unheld(account: pb.Account) -> None:
 
 
 def _hold(account: pb.Account, hold_id: str) -> None:
-    if not hold_id or hold_id in account.hold_ids:
+    if not hold_id:
         return
+    if hold_id in account.hold_ids:
+        # Another withdrawal placed it (a repeat of that one is answered from its record
+        # before this runs): one release must not free two.
+        raise AlreadyExists(
+            "the account already has a hold with this id",
+            reason="HOLD_EXISTS",
+            metadata={"holdId": hold_id},
+        )
     if len(account.hold_ids) >= MAX_HOLDS:
         # Transient: each hold is released when its transfer ends.
         raise ResourceExhausted(

@@ -135,11 +135,11 @@ class AccountsTable:
         """Applies `apply` (which checks the rules and may raise) to the current account,
         releases `release` (on this account or another), and writes the result with
         `also(result)` in one transaction; re-reads on conflict."""
-        for _ in range(MAX_CONFLICT_RETRIES):
+        for attempt in range(MAX_CONFLICT_RETRIES):
             account, version = await self.get(account_id)
             apply(account)
             other: list[dict[str, Any]] = []
-            versions = str(version)
+            token_key = f"{attempt}/{version}"
             if release is not None and release.account_id == account_id:
                 drop_hold(account, release.hold_id)
             elif release is not None:
@@ -147,14 +147,15 @@ class AccountsTable:
                 if drop_hold(held, release.hold_id):  # nothing to write if it is not there
                     held.update_time.CopyFrom(account.update_time)
                     other.append(self._put(held, held_version))
-                    versions += f"/{held_version}"
+                    token_key += f"/{held_version}"
             # The record (second: _transact reads its condition's failure) holds the
             # account as written.
             writes = [self._put(account, version), also(account), *other]
             try:
-                # One token per set of versions: DynamoDB refuses a token reused for
-                # different items (IdempotentParameterMismatch).
-                await self._transact(writes, token=str(uuid.uuid5(uuid.UUID(token), versions)))
+                # A token per attempt: DynamoDB refuses a token reused for different
+                # items (IdempotentParameterMismatch), and each attempt writes its own
+                # update_time, even over the same versions after a TransactionConflict.
+                await self._transact(writes, token=str(uuid.uuid5(uuid.UUID(token), token_key)))
                 return account
             except AwsClientError as error:
                 # An account changed since it was read (the record's own condition is

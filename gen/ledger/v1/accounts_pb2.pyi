@@ -307,8 +307,9 @@ class DepositRequest(_message.Message):
     @_builtins.property
     def release_hold(self) -> Global___Hold:
         """A hold to release in the same write, on this account or another; a hold
-        that is not there (never placed, or released already) is left alone. A
-        transfer's credit, and its refund, release the hold its debit placed.
+        that is not there (never placed, or released already) is left alone, an
+        account that does not exist fails the deposit (NOT_FOUND). A transfer's
+        credit, and its refund, release the hold its debit placed.
         """
 
     def __init__(
@@ -373,7 +374,8 @@ class WithdrawRequest(_message.Message):
     """Optional: places a hold with this id on the account in the same write,
     so that it cannot be closed until a Deposit releases the hold. A
     transfer's debit places one, so that its refund, if the credit fails,
-    always finds the account open. At most 36 printable ASCII characters.
+    always finds the account open. At most 36 printable ASCII characters; an
+    id the account holds already is refused (ALREADY_EXISTS, HOLD_EXISTS).
     """
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
