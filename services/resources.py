@@ -112,10 +112,11 @@ class LedgerAws:
             raise RuntimeError("LedgerAws.open() has not run")
         return self._secrets
 
-    async def open(self) -> None:
-        """Reads the page-token key (and bootstraps, if asked); start-up fails without them."""
+    async def open(self, page_tokens: bool = True) -> None:
+        """Reads the page-token key, unless the process signs no page token (and
+        bootstraps, if asked); start-up fails without them."""
         try:
-            await self._open()
+            await self._open(page_tokens)
         except Exception as error:
             await self.close()
             raise StartupError(
@@ -123,16 +124,17 @@ class LedgerAws:
                 f"AWS_ENDPOINT_URL): {type(error).__name__}: {error}"
             ) from None
 
-    async def _open(self) -> None:
+    async def _open(self, page_tokens: bool) -> None:
         self._dynamodb = dynamodb = await self.clients.client("dynamodb")
         secretsmanager = await self.clients.client("secretsmanager")
         if self.bootstrap:
             sqs = await self.sqs()
             await bootstrap(dynamodb, sqs, secretsmanager, self.names, self.max_receive_count)
-        self._secrets = SecretCache(
-            secretsmanager, self.names.page_token_secret, self.secret_refresh
-        )
-        await self._secrets.start()
+        if page_tokens:
+            self._secrets = SecretCache(
+                secretsmanager, self.names.page_token_secret, self.secret_refresh
+            )
+            await self._secrets.start()
 
     async def sqs(self) -> ResilientAwsClient:
         return await self.queue_clients.client("sqs")

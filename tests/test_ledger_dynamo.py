@@ -14,6 +14,7 @@ from botocore.exceptions import ClientError
 from google.rpc.error_details_pb2 import PreconditionFailure, QuotaFailure
 from prometheus_client.parser import text_string_to_metric_families
 
+from clients.aws import AwsClients, AwsSettings
 from clients.channel import ChannelFactory
 from clients.errors import details_of, error_info
 from durable.saga import Saga
@@ -23,10 +24,12 @@ from ledger.v1.transfers_platform import TransfersClient
 from services.accounts import service as accounts_service
 from services.accounts.app import build as build_accounts
 from services.accounts.table import conflict, contended
+from services.resources import LedgerNames
 from services.transfers.app import build as build_transfers
+from services.transfers.events import build as build_events
 from services.transfers.saga import TransferSaga, payload_of, step_request_id
 from tests.conftest import StartRuntime
-from tests.support.moto import Moto
+from tests.support.moto import Moto, queue_depth
 from tests.support.net import http_get
 
 
@@ -68,6 +71,21 @@ class Ledger:
     async def holds(self, account_id: str) -> list[str]:
         got = await self.accounts.get_account(accounts_pb2.GetAccountRequest(account_id=account_id))
         return list(got.account.hold_ids)
+
+    async def activity(self, account_id: str) -> list[transfers_pb2.ActivityEntry]:
+        """The account's whole activity feed, newest first, a page of one at a time."""
+        entries: list[transfers_pb2.ActivityEntry] = []
+        token = ""
+        while True:
+            page = await self.transfers.list_account_activity(
+                transfers_pb2.ListAccountActivityRequest(
+                    account_id=account_id, page_size=1, page_token=token
+                )
+            )
+            entries += page.entries
+            token = page.next_page_token
+            if not token:
+                return entries
 
     async def close(self, account_id: str) -> accounts_pb2.CloseAccountResponse:
         return await self.accounts.close_account(
@@ -408,22 +426,8 @@ async def test_the_activity_feed_has_each_finished_transfer_once(ledger: Ledger)
     )
     assert failed.transfer.failure_reason == "INSUFFICIENT_FUNDS"
 
-    async def feed(account: str) -> list[transfers_pb2.ActivityEntry]:
-        entries: list[transfers_pb2.ActivityEntry] = []
-        token = ""
-        while True:
-            page = await ledger.transfers.list_account_activity(
-                transfers_pb2.ListAccountActivityRequest(
-                    account_id=account, page_size=1, page_token=token
-                )
-            )
-            entries += page.entries
-            token = page.next_page_token
-            if not token:
-                return entries
-
     for _ in range(200):
-        source_feed = await feed(source)
+        source_feed = await ledger.activity(source)
         if len(source_feed) == 2:
             break
         await asyncio.sleep(0.05)
@@ -432,7 +436,7 @@ async def test_the_activity_feed_has_each_finished_transfer_once(ledger: Ledger)
         (done.transfer.transfer_id, transfers_pb2.TRANSFER_STATE_COMPLETED, "DEBIT"),
     ]
     assert source_feed[0].failure_reason == "INSUFFICIENT_FUNDS"
-    destination_feed = await feed(destination)
+    destination_feed = await ledger.activity(destination)
     assert [(e.transfer_id, e.direction, e.amount.minor_units) for e in destination_feed] == [
         (done.transfer.transfer_id, "CREDIT", 70)
     ]
@@ -493,6 +497,61 @@ async def test_sagas_and_events_are_counted_on_metrics(ledger: Ledger) -> None:
     assert counted[finished + "FAILED}"] == 1
     assert handled(counted, "processed") == 2  # both events, each once
     assert handled(counted, "failed") == 0
+
+
+async def test_the_feed_can_be_written_by_a_consumer_process_of_its_own(
+    start_runtime: StartRuntime, single_attempt_channels: ChannelFactory, shared_moto: Moto
+) -> None:
+    """As in Kubernetes: Transfers with EVENTS_CONSUMER=false leaves the events on the
+    queue; the transfers-events process turns them into the feed."""
+    env = shared_moto.ledger_env()
+    accounts = await start_runtime(build_accounts, **env)
+    target = f"127.0.0.1:{accounts.grpc_port}"
+    transfers = await start_runtime(
+        build_transfers, ACCOUNTS_TARGET=target, EVENTS_CONSUMER="false", **env
+    )
+    ledger = Ledger(
+        AccountsClient(single_attempt_channels.connect(target)),
+        TransfersClient(single_attempt_channels.connect(f"127.0.0.1:{transfers.grpc_port}")),
+    )
+    source, destination = await ledger.open(balance=10), await ledger.open()
+    done = await ledger.transfers.create_transfer(ledger.transfer_request(source, destination, 4))
+    clients = AwsClients(AwsSettings(endpoint_url=shared_moto.url))
+    try:
+        sqs = await clients.client("sqs")
+        queue = await sqs.get_queue_url(QueueName=LedgerNames(env["LEDGER_NAME"]).events_queue)
+
+        async def waiting() -> int:
+            return await queue_depth(sqs, queue["QueueUrl"])
+
+        for _ in range(100):  # published by the saga's outbox just after it answered
+            if await waiting() == 1:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.5)  # longer than a long poll (EVENTS_WAIT_SECONDS=1)
+        assert await waiting() == 1  # nobody consumed it
+        assert await ledger.activity(source) == []
+
+        events = await start_runtime(build_events, **env)
+        for _ in range(200):
+            if len(await ledger.activity(destination)) == 1:
+                break
+            await asyncio.sleep(0.05)
+        (entry,) = await ledger.activity(destination)
+        assert (entry.transfer_id, entry.direction) == (done.transfer.transfer_id, "CREDIT")
+        assert await waiting() == 0
+    finally:
+        await clients.close()
+    status, _ = await asyncio.to_thread(http_get, f"http://127.0.0.1:{events.admin.port}/ready")
+    assert status == 200
+    _, body = await asyncio.to_thread(http_get, f"http://127.0.0.1:{events.admin.port}/metrics")
+    handled = {
+        sample.labels["outcome"]: sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+        if sample.name == "platform_queue_messages_total"
+    }
+    assert handled == {"processed": 1.0, "failed": 0.0}
 
 
 def test_dynamodb_transaction_conflicts_are_retried_not_internal() -> None:

@@ -8,18 +8,13 @@ Settings (besides services.resources'):
   transient failures before it compensates;
 - `SAGA_LEASE_SECONDS` (10): how long a crashed process's transfers wait
   before another process resumes them; `SAGA_RECOVERY_INTERVAL_SECONDS` (1);
-- `EVENTS_CONSUMER` (true): run the activity-feed consumer in this process;
-  `EVENTS_MAX_IN_FLIGHT` (10) messages handled at once;
-  `EVENTS_VISIBILITY_TIMEOUT_SECONDS` (30): how long a received message stays
-  hidden (extended while it is handled) before another consumer may get it;
-  `EVENTS_MAX_RETRY_DELAY_SECONDS` (900): the longest a failed message is
-  hidden before its next attempt (the delay doubles with each receive,
-  durable.consumer).
+- `EVENTS_CONSUMER` (true): run the activity-feed consumer in this process,
+  with its settings (services.transfers.events); false where it runs as a
+  Deployment of its own (Kubernetes).
 """
 
 from __future__ import annotations
 
-from durable.consumer import SqsConsumer
 from durable.events import SqsPublisher
 from durable.page_tokens import PageTokens
 from durable.saga import SagaEngine
@@ -27,6 +22,7 @@ from ledger.v1.accounts_platform import AccountsClient
 from server.application import Application, RuntimeContext
 from services.resources import LedgerAws
 from services.transfers.activity import ActivityFeed
+from services.transfers.events import ERROR_DOMAIN, ConsumerSettings
 from services.transfers.saga import TransferSaga
 from services.transfers.service import TransfersService
 
@@ -38,9 +34,7 @@ async def build(context: RuntimeContext) -> Application:
     lease = env.seconds("SAGA_LEASE_SECONDS", "10")
     recovery_interval = env.seconds("SAGA_RECOVERY_INTERVAL_SECONDS", "1")
     consume = env.boolean("EVENTS_CONSUMER", "true")
-    in_flight = env.integer("EVENTS_MAX_IN_FLIGHT", "10", minimum=1, maximum=1000)
-    visibility = env.integer("EVENTS_VISIBILITY_TIMEOUT_SECONDS", "30", minimum=1, maximum=43200)
-    max_retry_delay = env.integer("EVENTS_MAX_RETRY_DELAY_SECONDS", "900", minimum=1, maximum=43200)
+    consumer_settings = ConsumerSettings.from_env(env)
     aws = LedgerAws(context)
     # Every setting is read before the first AWS call: a bad one stops start-up first.
     accounts = AccountsClient(context.channels.connect(target, dependency="accounts"))
@@ -58,16 +52,7 @@ async def build(context: RuntimeContext) -> Application:
     feed = ActivityFeed(aws.dynamodb, aws.names.activity)
     workers = {"saga-recovery": lambda: engine.recover_forever(recovery_interval)}
     if consume:
-        consumer = SqsConsumer(
-            sqs,
-            queue_url,
-            feed.record,
-            max_in_flight=in_flight,
-            wait_seconds=aws.wait_seconds,
-            visibility_timeout=visibility,
-            max_retry_delay=max_retry_delay,
-            registry=context.registry,
-        )
+        consumer = await consumer_settings.consumer(aws, context.registry)
         workers["events-consumer"] = consumer.run_forever
     return Application(
         servicers=[
@@ -81,5 +66,5 @@ async def build(context: RuntimeContext) -> Application:
         readiness_checks=aws.readiness(aws.names.transfers),
         workers=workers,
         on_shutdown=[engine.close, aws.close],
-        error_domain="transfers.ledger.internal",
+        error_domain=ERROR_DOMAIN,
     )
