@@ -22,6 +22,8 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from server.application import load_factory
+from services.transfers.events import build as build_events
 from tests.support.moto import Moto
 from tests.support.net import BIN, HOST, ROOT, free_port, poll, ready_status
 
@@ -61,8 +63,11 @@ def seconds(value: str) -> float:
     return float(value)
 
 
-def deployment_problems(deployment: dict[str, Any], config: dict[str, str]) -> list[str]:
-    """What is wrong with a Deployment, by the rules the platform promises."""
+def deployment_problems(
+    deployment: dict[str, Any], config: dict[str, str], behind_nlb: bool = True
+) -> list[str]:
+    """What is wrong with a Deployment, by the rules the platform promises (a pod the
+    NLB sends traffic to must outwait its deregistration before it stops)."""
     problems = []
     pod = deployment["spec"]["template"]["spec"]
     pod_security = pod.get("securityContext", {})
@@ -98,7 +103,7 @@ def deployment_problems(deployment: dict[str, Any], config: dict[str, str]) -> l
         )
         if sleep + drain >= pod.get("terminationGracePeriodSeconds", 30):
             problems.append(f"{name}: preStop {sleep} + drain {drain} exceed the grace period")
-        if sleep < 30:
+        if behind_nlb and sleep < 30:
             problems.append(f"{name}: preStop shorter than the NLB deregistration delay (30 s)")
     return problems
 
@@ -133,10 +138,40 @@ def test_deployments_keep_the_platform_promises(rendered: tuple[str, list[dict[s
     _, docs = rendered
     configs = {c["metadata"]["name"]: c["data"] for c in of_kind(docs, "ConfigMap")}
     deployments = of_kind(docs, "Deployment")
-    assert {d["metadata"]["name"] for d in deployments} == {"accounts", "transfers"}
+    names = {d["metadata"]["name"] for d in deployments}
+    assert names == {"accounts", "transfers", "transfers-events"}
     for deployment in deployments:
         config = configs[f"{deployment['metadata']['name']}-config"]
-        assert deployment_problems(deployment, config) == []
+        behind_nlb = bool(load_balancers_of(docs, deployment))
+        assert deployment_problems(deployment, config, behind_nlb) == []
+
+
+def named(doc: dict[str, Any], name: str) -> bool:
+    return bool(doc["metadata"]["name"] == name)
+
+
+def load_balancers_of(docs: list[dict[str, Any]], deployment: dict[str, Any]) -> list[str]:
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    return [
+        s["metadata"]["name"]
+        for s in of_kind(docs, "Service")
+        if s["spec"].get("type") == "LoadBalancer"
+        and s["spec"]["selector"].items() <= labels.items()
+    ]
+
+
+def test_the_feed_consumer_runs_apart_with_a_role_of_its_own() -> None:
+    docs = objects("prod")
+    configs = {c["metadata"]["name"]: c["data"] for c in of_kind(docs, "ConfigMap")}
+    assert configs["transfers-config"]["EVENTS_CONSUMER"] == "false"
+    (events,) = [d for d in of_kind(docs, "Deployment") if named(d, "transfers-events")]
+    pod = events["spec"]["template"]["spec"]
+    assert pod["containers"][0]["args"] == ["transfers-events"]
+    assert load_factory("transfers-events") is build_events  # the entry point is installed
+    assert load_balancers_of(docs, events) == []  # no client traffic
+    (account,) = [a for a in of_kind(docs, "ServiceAccount") if named(a, pod["serviceAccountName"])]
+    role = account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+    assert role.endswith("/ledger-transfers-events")
 
 
 def test_services_are_behind_an_internal_nlb_and_a_headless_service(

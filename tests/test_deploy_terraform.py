@@ -134,6 +134,23 @@ def test_service_roles_name_exact_actions() -> None:
             assert all("*" not in action for action in statement.get("actions", []))
 
 
+def test_the_feed_consumer_holds_only_what_it_needs() -> None:
+    roles = {
+        name: body
+        for _, document in parsed(TREE / "environments" / "prod")
+        for module in document.get("module", [])
+        for name, body in module.items()
+        if name.endswith("_role")
+    }
+    events = roles["transfers_events_role"]
+    assert events["service_account"] == "transfers-events"  # k8s/base/transfers-events
+    assert events["table_arns"] == ['${module.data.table_arns["activity"]}']
+    assert events["receive_queue_arns"] == ["${module.data.events_queue_arn}"]
+    assert not {"secret_arns", "send_queue_arns", "index_arns"} & set(events)
+    # Transfers sends the events; it no longer receives them.
+    assert "receive_queue_arns" not in roles["transfers_role"]
+
+
 @pytest.fixture
 def tree_copy(tmp_path: Path) -> Path:
     copy = tmp_path / "terraform"

@@ -74,10 +74,24 @@ module "transfers_role" {
   # CreateTransfer is idempotent through its saga item: no idempotency table here.
   table_arns = [module.data.table_arns["transfers"], module.data.table_arns["activity"]]
   # The saga recovery loop queries the sparse index of unfinished transfers.
-  index_arns         = ["${module.data.table_arns["transfers"]}/index/unfinished"]
-  send_queue_arns    = [module.data.events_queue_arn]
+  index_arns      = ["${module.data.table_arns["transfers"]}/index/unfinished"]
+  send_queue_arns = [module.data.events_queue_arn]
+  secret_arns     = [module.data.page_token_secret_arn]
+  kms_key_arn     = module.data.kms_key_arn
+  tags            = local.tags
+}
+
+# The activity-feed consumer (k8s/base/transfers-events): receives the events and
+# writes the feed; no saga table, no secret, no sending.
+module "transfers_events_role" {
+  source             = "../../modules/service_role"
+  name               = "${local.name}-transfers-events"
+  oidc_provider_arn  = module.eks.oidc_provider_arn
+  oidc_provider      = module.eks.oidc_provider
+  namespace          = var.namespace
+  service_account    = "transfers-events"
+  table_arns         = [module.data.table_arns["activity"]]
   receive_queue_arns = [module.data.events_queue_arn]
-  secret_arns        = [module.data.page_token_secret_arn]
   kms_key_arn        = module.data.kms_key_arn
   tags               = local.tags
 }

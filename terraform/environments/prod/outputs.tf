@@ -11,8 +11,9 @@ output "ecr_repository_url" {
 output "service_role_arns" {
   description = "Put on the ServiceAccounts (eks.amazonaws.com/role-arn) in k8s/overlays/prod."
   value = {
-    accounts  = module.accounts_role.role_arn
-    transfers = module.transfers_role.role_arn
+    accounts           = module.accounts_role.role_arn
+    transfers          = module.transfers_role.role_arn
+    "transfers-events" = module.transfers_events_role.role_arn
   }
 }
 

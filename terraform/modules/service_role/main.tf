@@ -62,15 +62,19 @@ data "aws_iam_policy_document" "access" {
         "sqs:DeleteMessage",
         "sqs:ChangeMessageVisibility",
         "sqs:GetQueueAttributes",
+        "sqs:GetQueueUrl", # the consumer finds the queue by name
       ]
       resources = var.receive_queue_arns
     }
   }
 
-  statement {
-    sid       = "Secrets"
-    actions   = ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"]
-    resources = var.secret_arns
+  dynamic "statement" {
+    for_each = length(var.secret_arns) > 0 ? [1] : []
+    content {
+      sid       = "Secrets"
+      actions   = ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"]
+      resources = var.secret_arns
+    }
   }
 
   statement {

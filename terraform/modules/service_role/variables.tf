@@ -49,6 +49,7 @@ variable "receive_queue_arns" {
 variable "secret_arns" {
   description = "Secrets the service reads."
   type        = list(string)
+  default     = []
 }
 
 variable "kms_key_arn" {
