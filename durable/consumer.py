@@ -26,7 +26,9 @@ runs the handler of each in its own task:
 - handlers must be idempotent (delivery is at least once); the reference
   handler keys its writes by event id.
 - `platform_queue_messages_total{queue, outcome}` counts processed and failed
-  handlings (a registry of None: the metric goes nowhere).
+  handlings, `platform_queue_receive_errors_total{queue}` receives that failed
+  (a consumer that cannot receive leaves messages to expire unseen, not to
+  the dead-letter queue: alert on it); a registry of None: they go nowhere.
 
 Errors of SQS itself (outage, throttling) are logged and retried after a
 backoff; the loop never dies of them. Anchors: the AWS SQS developer guide
@@ -104,6 +106,12 @@ class SqsConsumer:
         )
         self._processed = messages.labels(queue, "processed")
         self._failed = messages.labels(queue, "failed")
+        self._receive_errors = Counter(
+            "platform_queue_receive_errors",
+            "Receives from the queue that failed (access, network, throttling).",
+            ["queue"],
+            registry=registry,
+        ).labels(queue)
 
     async def run_forever(self) -> None:
         failures = 0
@@ -126,6 +134,7 @@ class SqsConsumer:
                     for _ in range(free):
                         self._slots.release()
                     failures += 1
+                    self._receive_errors.inc()
                     _log.warning("receiving failed", extra={"error_type": type(error).__name__})
                     await asyncio.sleep(self.backoff.backoff(min(failures, 8)) + 0.05)
                     continue

@@ -99,6 +99,7 @@ class LedgerAws:
         AwsBreakerStates(context.registry, self.clients, self.queue_clients)
         self._dynamodb: ResilientAwsClient | None = None
         self._secrets: SecretCache | None = None
+        self._events_queue_url: str | None = None
 
     @property
     def dynamodb(self) -> ResilientAwsClient:
@@ -112,11 +113,18 @@ class LedgerAws:
             raise RuntimeError("LedgerAws.open() has not run")
         return self._secrets
 
-    async def open(self, page_tokens: bool = True) -> None:
-        """Reads the page-token key, unless the process signs no page token (and
-        bootstraps, if asked); start-up fails without them."""
+    @property
+    def events_queue_url(self) -> str:
+        if self._events_queue_url is None:
+            raise RuntimeError("LedgerAws.open(events_queue=True) has not run")
+        return self._events_queue_url
+
+    async def open(self, page_tokens: bool = True, events_queue: bool = False) -> None:
+        """Reads the page-token key unless the process signs no page token, finds the
+        events queue if asked (and bootstraps, if configured to); start-up fails
+        with one line without them."""
         try:
-            await self._open(page_tokens)
+            await self._open(page_tokens, events_queue)
         except Exception as error:
             await self.close()
             raise StartupError(
@@ -124,25 +132,26 @@ class LedgerAws:
                 f"AWS_ENDPOINT_URL): {type(error).__name__}: {error}"
             ) from None
 
-    async def _open(self, page_tokens: bool) -> None:
+    async def _open(self, page_tokens: bool, events_queue: bool) -> None:
         self._dynamodb = dynamodb = await self.clients.client("dynamodb")
-        secretsmanager = await self.clients.client("secretsmanager")
         if self.bootstrap:
+            secretsmanager = await self.clients.client("secretsmanager")
             sqs = await self.sqs()
             await bootstrap(dynamodb, sqs, secretsmanager, self.names, self.max_receive_count)
         if page_tokens:
             self._secrets = SecretCache(
-                secretsmanager, self.names.page_token_secret, self.secret_refresh
+                await self.clients.client("secretsmanager"),
+                self.names.page_token_secret,
+                self.secret_refresh,
             )
             await self._secrets.start()
+        if events_queue:
+            sqs = await self.sqs()
+            answer = await sqs.get_queue_url(QueueName=self.names.events_queue)
+            self._events_queue_url = str(answer["QueueUrl"])
 
     async def sqs(self) -> ResilientAwsClient:
         return await self.queue_clients.client("sqs")
-
-    async def events_queue_url(self) -> str:
-        sqs = await self.sqs()
-        answer: dict[str, Any] = await sqs.get_queue_url(QueueName=self.names.events_queue)
-        return str(answer["QueueUrl"])
 
     def readiness(self, table: str) -> dict[str, ReadinessCheck]:
         """The `dynamodb` check, on a table of the service's own (its role may read no other)."""

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from clients.aws import AwsClients, AwsSettings
 from durable.consumer import Delivery, SqsConsumer, retry_delay
@@ -190,3 +191,24 @@ def test_the_retry_delay_doubles_per_receive_within_its_bounds(
     receive_count: int, timeout: int, longest: int, since_receive: float, delay: int
 ) -> None:
     assert retry_delay(receive_count, timeout, longest, since_receive) == delay
+
+
+async def test_failed_receives_are_counted_and_the_loop_goes_on(queues: Queues) -> None:
+    """A consumer that cannot receive (here the queue is gone; in AWS, a role or key
+    that does not allow it) leaves messages to expire unseen: it must show."""
+    await queues.sqs.delete_queue(QueueUrl=queues.url)
+    registry = CollectorRegistry()
+
+    async def never_called(delivery: Delivery) -> None:
+        raise AssertionError("nothing can be received")
+
+    running = asyncio.create_task(consumer(queues, never_called, registry=registry).run_forever())
+
+    async def failed_twice() -> bool:
+        errors = registry.get_sample_value("platform_queue_receive_errors_total", {"queue": name})
+        return (errors or 0) >= 2
+
+    name = queues.url.rsplit("/", 1)[-1]
+    await eventually(failed_twice, timeout=15)
+    assert not running.done()  # the loop keeps trying
+    running.cancel()

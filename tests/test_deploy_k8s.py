@@ -199,6 +199,14 @@ def test_images_are_pinned_by_digest(overlay: str) -> None:
         assert re.fullmatch(r".+@sha256:[0-9a-f]{64}", image), image
 
 
+def test_the_dev_overlay_patches_only_the_services_settings() -> None:
+    configs = {c["metadata"]["name"]: c["data"] for c in of_kind(objects("dev"), "ConfigMap")}
+    assert set(configs["ledger-grafana-dashboard"]) == {"ledger-grpc.json"}
+    for name in ("accounts-config", "transfers-config", "transfers-events-config"):
+        assert configs[name]["LEDGER_NAME"] == "ledger-dev"
+        assert configs[name]["LOG_LEVEL"] == "DEBUG"
+
+
 def test_transfers_reaches_accounts_through_the_headless_service() -> None:
     configs = {c["metadata"]["name"]: c["data"] for c in of_kind(objects("prod"), "ConfigMap")}
     assert configs["transfers-config"]["ACCOUNTS_TARGET"] == "dns:///accounts-headless:50051"

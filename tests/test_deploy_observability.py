@@ -117,6 +117,7 @@ def test_alerts_cover_errors_latency_breakers_and_saturation() -> None:
     assert "platform_saga_compensation_failed_total" in alerts["SagaCompensationFailed"]
     assert "platform_saga_oldest_running_seconds" in alerts["SagaStuck"]
     assert 'outcome="failed"' in alerts["QueueMessagesFailing"]
+    assert "platform_queue_receive_errors_total" in alerts["QueueReceiveFailing"]
 
 
 def test_hpa_metrics_are_the_ones_the_adapter_provides() -> None:

@@ -63,6 +63,13 @@ def blocks(tree: Path, section: str, kind: str) -> Iterator[tuple[Path, str, dic
                 yield path, name, body
 
 
+def statements(document: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A policy document's statements, those of `dynamic "statement"` blocks included."""
+    yield from document.get("statement", [])
+    for dynamic in document.get("dynamic", []):
+        yield from dynamic.get("statement", {}).get("content", [])
+
+
 def problems(tree: Path) -> list[str]:
     found = []
     for path, name, table in blocks(tree, "resource", "aws_dynamodb_table"):
@@ -79,20 +86,22 @@ def problems(tree: Path) -> list[str]:
         if "dead" not in name and "redrive_policy" not in queue:
             found.append(f"{path.name}:{name}: SQS queue without a dead-letter queue")
     alarmed = {
-        str(alarm.get("dimensions", {}).get("QueueName", ""))
+        (alarm.get("metric_name"), str(alarm.get("dimensions", {}).get("QueueName", "")))
         for _, _, alarm in blocks(tree, "resource", "aws_cloudwatch_metric_alarm")
-        if alarm.get("metric_name") == "ApproximateNumberOfMessagesVisible"
     }
     for path, name, _ in blocks(tree, "resource", "aws_sqs_queue"):
-        if "dead" in name and f"${{aws_sqs_queue.{name}.name}}" not in alarmed:
+        queue_name = f"${{aws_sqs_queue.{name}.name}}"
+        if "dead" in name and ("ApproximateNumberOfMessagesVisible", queue_name) not in alarmed:
             found.append(f"{path.name}:{name}: dead-letter queue without an alarm on its depth")
+        if "dead" not in name and ("ApproximateAgeOfOldestMessage", queue_name) not in alarmed:
+            found.append(f"{path.name}:{name}: queue without an alarm on unconsumed messages")
     for path, name, repo in blocks(tree, "resource", "aws_ecr_repository"):
         if repo.get("image_tag_mutability") != "IMMUTABLE":
             found.append(f"{path.name}:{name}: ECR tags are mutable")
         if repo.get("image_scanning_configuration", [{}])[0].get("scan_on_push") is not True:
             found.append(f"{path.name}:{name}: ECR does not scan on push")
     for path, name, document in blocks(tree, "data", "aws_iam_policy_document"):
-        for statement in document.get("statement", []):
+        for statement in statements(document):
             sid = statement.get("sid", "")
             actions = statement.get("actions", [])
             resources = statement.get("resources", [])
@@ -130,18 +139,61 @@ def test_service_roles_name_exact_actions() -> None:
     for _, _, document in blocks(
         TREE / "modules" / "service_role", "data", "aws_iam_policy_document"
     ):
-        for statement in document.get("statement", []):
+        for statement in statements(document):
             assert all("*" not in action for action in statement.get("actions", []))
 
 
-def test_the_feed_consumer_holds_only_what_it_needs() -> None:
-    roles = {
+# The role input that gives each statement of modules/service_role its resources.
+STATEMENT_INPUTS = {
+    "Tables": "table_arns",
+    "Transactions": "table_arns",
+    "SendEvents": "send_queue_arns",
+    "ReceiveEvents": "receive_queue_arns",
+    "Secrets": "secret_arns",
+    "Key": "kms_key_arn",
+}
+
+
+def service_roles() -> dict[str, dict[str, Any]]:
+    """The prod environment's service_role module blocks, by name."""
+    return {
         name: body
         for _, document in parsed(TREE / "environments" / "prod")
         for module in document.get("module", [])
         for name, body in module.items()
         if name.endswith("_role")
     }
+
+
+def role_actions(role: str) -> set[str]:
+    """The IAM actions the prod role `role` is granted (statements with resources)."""
+    inputs = service_roles()[role]
+    (document,) = [
+        body
+        for _, name, body in blocks(
+            TREE / "modules" / "service_role", "data", "aws_iam_policy_document"
+        )
+        if name == "access"
+    ]
+    return {
+        action
+        for statement in statements(document)
+        if inputs.get(STATEMENT_INPUTS[statement["sid"]])
+        for action in statement["actions"]
+    }
+
+
+def test_role_actions_follow_the_role_inputs() -> None:
+    events = role_actions("transfers_events_role")
+    assert "sqs:ReceiveMessage" in events
+    assert "dynamodb:PutItem" in events
+    assert "sqs:SendMessage" not in events
+    assert "secretsmanager:GetSecretValue" not in events
+    assert "secretsmanager:GetSecretValue" in role_actions("transfers_role")
+
+
+def test_the_feed_consumer_holds_only_what_it_needs() -> None:
+    roles = service_roles()
     events = roles["transfers_events_role"]
     assert events["service_account"] == "transfers-events"  # k8s/base/transfers-events
     assert events["table_arns"] == ['${module.data.table_arns["activity"]}']
@@ -177,6 +229,12 @@ def tree_copy(tmp_path: Path) -> Path:
             'Action "*"',
         ),
         (
+            "service_role/main.tf",
+            '"secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"',
+            '"secretsmanager:*"',
+            "names '*'",
+        ),
+        (
             "data/main.tf",
             "    enabled = true\n  }\n\n  server_side",
             "    enabled = false\n  }\n\n  server_side",
@@ -192,7 +250,13 @@ def tree_copy(tmp_path: Path) -> Path:
             "data/main.tf",
             "QueueName = aws_sqs_queue.dead_letter.name",
             "QueueName = aws_sqs_queue.events.name",
-            "without an alarm",
+            "without an alarm on its depth",
+        ),
+        (
+            "data/main.tf",
+            '"ApproximateAgeOfOldestMessage"',
+            '"NumberOfMessagesSent"',
+            "without an alarm on unconsumed",
         ),
     ],
 )

@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError
 from google.rpc.error_details_pb2 import PreconditionFailure, QuotaFailure
 from prometheus_client.parser import text_string_to_metric_families
 
-from clients.aws import AwsClients, AwsSettings
+from clients.aws import AwsClients, AwsSettings, ResilientAwsClient
 from clients.channel import ChannelFactory
 from clients.errors import details_of, error_info
 from durable.saga import Saga
@@ -31,6 +31,7 @@ from services.transfers.saga import TransferSaga, payload_of, step_request_id
 from tests.conftest import StartRuntime
 from tests.support.moto import Moto, queue_depth
 from tests.support.net import http_get
+from tests.test_deploy_terraform import role_actions
 
 
 def eur(minor_units: int) -> money_pb2.Money:
@@ -499,11 +500,47 @@ async def test_sagas_and_events_are_counted_on_metrics(ledger: Ledger) -> None:
     assert handled(counted, "failed") == 0
 
 
+class AwsCalls:
+    """The AWS calls made through the clients of one in-process runtime: those created
+    while `owning` is set, i.e. while it starts (the runtimes share the classes)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.made: list[tuple[str, str, dict[str, Any]]] = []
+        self.owning = False
+        owned: set[int] = set()
+        create, call = AwsClients.client, ResilientAwsClient.call
+
+        async def client(clients: AwsClients, service: str) -> ResilientAwsClient:
+            made = await create(clients, service)
+            if self.owning:
+                owned.add(id(made))
+            return made
+
+        async def recorded(client: ResilientAwsClient, operation: str, **params: Any) -> Any:
+            if id(client) in owned:
+                self.made.append((client.service, operation, params))
+            return await call(client, operation, **params)
+
+        monkeypatch.setattr(AwsClients, "client", client)
+        monkeypatch.setattr(ResilientAwsClient, "call", recorded)
+
+    def actions(self) -> set[str]:
+        """As IAM names them: `get_queue_url` on sqs is `sqs:GetQueueUrl`."""
+        return {
+            f"{service}:{''.join(word.capitalize() for word in operation.split('_'))}"
+            for service, operation, _ in self.made
+        }
+
+
 async def test_the_feed_can_be_written_by_a_consumer_process_of_its_own(
-    start_runtime: StartRuntime, single_attempt_channels: ChannelFactory, shared_moto: Moto
+    start_runtime: StartRuntime,
+    single_attempt_channels: ChannelFactory,
+    shared_moto: Moto,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """As in Kubernetes: Transfers with EVENTS_CONSUMER=false leaves the events on the
-    queue; the transfers-events process turns them into the feed."""
+    queue; the transfers-events process turns them into the feed, with no AWS call its
+    IAM role (terraform: transfers_events_role) does not allow."""
     env = shared_moto.ledger_env()
     accounts = await start_runtime(build_accounts, **env)
     target = f"127.0.0.1:{accounts.grpc_port}"
@@ -532,7 +569,10 @@ async def test_the_feed_can_be_written_by_a_consumer_process_of_its_own(
         assert await waiting() == 1  # nobody consumed it
         assert await ledger.activity(source) == []
 
-        events = await start_runtime(build_events, **env)
+        calls = AwsCalls(monkeypatch)
+        calls.owning = True
+        events = await start_runtime(build_events, **{**env, "AWS_BOOTSTRAP": "false"})
+        calls.owning = False
         for _ in range(200):
             if len(await ledger.activity(destination)) == 1:
                 break
@@ -552,6 +592,19 @@ async def test_the_feed_can_be_written_by_a_consumer_process_of_its_own(
         if sample.name == "platform_queue_messages_total"
     }
     assert handled == {"processed": 1.0, "failed": 0.0}
+
+    allowed = role_actions("transfers_events_role")
+    assert calls.actions() <= allowed, calls.actions() - allowed
+    assert {"sqs:ReceiveMessage", "sqs:DeleteMessage", "dynamodb:PutItem"} <= calls.actions()
+    names = LedgerNames(env["LEDGER_NAME"])
+    made = calls.made
+    assert {params["TableName"] for service, _, params in made if service == "dynamodb"} == {
+        names.activity  # the role names no other table
+    }
+    assert {p.get("QueueUrl") or p.get("QueueName") for s, _, p in made if s == "sqs"} == {
+        queue["QueueUrl"],
+        names.events_queue,
+    }
 
 
 def test_dynamodb_transaction_conflicts_are_retried_not_internal() -> None:

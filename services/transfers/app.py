@@ -38,14 +38,12 @@ async def build(context: RuntimeContext) -> Application:
     aws = LedgerAws(context)
     # Every setting is read before the first AWS call: a bad one stops start-up first.
     accounts = AccountsClient(context.channels.connect(target, dependency="accounts"))
-    await aws.open()
-    sqs = await aws.sqs()
-    queue_url = await aws.events_queue_url()
+    await aws.open(events_queue=True)
     engine = SagaEngine(
         aws.dynamodb,
         aws.names.transfers,
         [TransferSaga(accounts)],
-        SqsPublisher(sqs, queue_url),
+        SqsPublisher(await aws.sqs(), aws.events_queue_url),
         lease_seconds=lease,
         registry=context.registry,
     )

@@ -53,11 +53,11 @@ class ConsumerSettings:
         )
 
     async def consumer(self, aws: LedgerAws, registry: CollectorRegistry) -> SqsConsumer:
-        """The activity feed's consumer of the events queue (`aws` opened)."""
+        """The activity feed's consumer of the events queue (`aws` opened with it)."""
         feed = ActivityFeed(aws.dynamodb, aws.names.activity)
         return SqsConsumer(
             await aws.sqs(),
-            await aws.events_queue_url(),
+            aws.events_queue_url,
             feed.record,
             max_in_flight=self.max_in_flight,
             wait_seconds=aws.wait_seconds,
@@ -71,7 +71,7 @@ async def build(context: RuntimeContext) -> Application:
     settings = ConsumerSettings.from_env(context.env)
     aws = LedgerAws(context)
     # Every setting is read before the first AWS call: a bad one stops start-up first.
-    await aws.open(page_tokens=False)
+    await aws.open(page_tokens=False, events_queue=True)
     consumer = await settings.consumer(aws, context.registry)
     return Application(
         servicers=[],

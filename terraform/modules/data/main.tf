@@ -121,6 +121,26 @@ resource "aws_cloudwatch_metric_alarm" "dead_letters" {
   tags                = var.tags
 }
 
+# Events nobody takes: the consumer is down or may not receive (its role, the key), so
+# they expire after the retention period without reaching the dead-letter queue. A
+# failing one is retried for about 7.5 min at the defaults, so 20 min is far past it.
+resource "aws_cloudwatch_metric_alarm" "unconsumed_events" {
+  alarm_name          = "${var.name}-events-unconsumed"
+  alarm_description   = "The oldest event has waited over 20 minutes: is transfers-events running, and may it receive?"
+  namespace           = "AWS/SQS"
+  metric_name         = "ApproximateAgeOfOldestMessage"
+  dimensions          = { QueueName = aws_sqs_queue.events.name }
+  statistic           = "Maximum"
+  period              = 300
+  evaluation_periods  = 1
+  threshold           = 1200
+  comparison_operator = "GreaterThanThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = var.alarm_actions
+  ok_actions          = var.alarm_actions
+  tags                = var.tags
+}
+
 resource "aws_sqs_queue_redrive_allow_policy" "dead_letter" {
   queue_url = aws_sqs_queue.dead_letter.id
   redrive_allow_policy = jsonencode({
