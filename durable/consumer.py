@@ -21,6 +21,10 @@ runs the handler of each in its own task:
   of 120 s: pending events outlive an outage of about 7.5 min, not 2, before
   they are dead-lettered. A poison message still reaches the dead-letter
   queue, later.
+- stopping (the task cancelled) receives nothing more and gives the handlers
+  in flight up to `drain_seconds` to finish: a cancelled one's message comes
+  back after its visibility timeout with one more receive counted, so a
+  rolling restart should not spend them;
 - the handler runs with the correlation id and trace context of the message
   attributes made current, so its logs and calls join the original trace.
 - handlers must be idempotent (delivery is at least once); the reference
@@ -83,6 +87,7 @@ class SqsConsumer:
         wait_seconds: int = 20,
         visibility_timeout: int = 30,
         max_retry_delay: int = 900,
+        drain_seconds: float = 10.0,
         backoff: RetryPolicy | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
@@ -93,6 +98,7 @@ class SqsConsumer:
         self.wait_seconds = wait_seconds
         self.visibility_timeout = visibility_timeout
         self.max_retry_delay = max_retry_delay
+        self.drain_seconds = drain_seconds
         self.backoff = backoff or RetryPolicy(initial_backoff=0.2, max_backoff=5.0)
         self._slots = asyncio.Semaphore(max_in_flight)
         self._working: set[asyncio.Task[None]] = set()
@@ -146,6 +152,8 @@ class SqsConsumer:
                     self._working.add(task)
                     task.add_done_callback(self._working.discard)
         finally:
+            if self._working:
+                await asyncio.wait(set(self._working), timeout=self.drain_seconds)
             for task in list(self._working):
                 task.cancel()
             for task in list(self._working):

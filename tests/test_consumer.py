@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -212,3 +213,39 @@ async def test_failed_receives_are_counted_and_the_loop_goes_on(queues: Queues) 
     await eventually(failed_twice, timeout=15)
     assert not running.done()  # the loop keeps trying
     running.cancel()
+
+
+async def test_stopping_lets_the_handlers_in_flight_finish(queues: Queues) -> None:
+    await SqsPublisher(queues.sqs, queues.url).publish({"event_id": "in-flight"}, {})
+    started, handled = asyncio.Event(), []
+
+    async def handle(delivery: Delivery) -> None:
+        started.set()
+        await asyncio.sleep(0.5)
+        handled.append(delivery.body["event_id"])
+
+    running = asyncio.create_task(consumer(queues, handle, drain_seconds=5).run_forever())
+    await asyncio.wait_for(started.wait(), 15)
+    running.cancel()  # a shutdown while the handler works
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
+    assert handled == ["in-flight"]
+    assert await queues.count(queues.url) == 0  # done and deleted: no receive spent
+
+
+async def test_stopping_cancels_a_handler_that_outlasts_the_drain(queues: Queues) -> None:
+    await SqsPublisher(queues.sqs, queues.url).publish({"event_id": "slow"}, {})
+    started = asyncio.Event()
+
+    async def handle(delivery: Delivery) -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    running = asyncio.create_task(consumer(queues, handle, drain_seconds=0.2).run_forever())
+    await asyncio.wait_for(started.wait(), 15)
+    stopping = asyncio.get_running_loop().time()
+    running.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
+    assert asyncio.get_running_loop().time() - stopping < 5
+    assert await queues.count(queues.url) == 1  # left for SQS to deliver again

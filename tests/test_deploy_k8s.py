@@ -101,6 +101,11 @@ def deployment_problems(
         drain = seconds(config["SHUTDOWN_DELAY_SECONDS"]) + seconds(
             config["SHUTDOWN_GRACE_SECONDS"]
         )
+        args = container.get("args")
+        if args == ["transfers-events"] or (
+            args == ["transfers"] and config.get("EVENTS_CONSUMER", "true") != "false"
+        ):
+            drain += seconds(config.get("EVENTS_DRAIN_SECONDS", "10"))  # the feed consumer's
         if sleep + drain >= pod.get("terminationGracePeriodSeconds", 30):
             problems.append(f"{name}: preStop {sleep} + drain {drain} exceed the grace period")
         if behind_nlb and sleep < 30:
@@ -232,6 +237,16 @@ def test_the_checks_catch_mutations(mutation: Any, expected: str) -> None:
     )
     mutation(deployment["spec"]["template"]["spec"]["containers"][0])
     assert any(expected in problem for problem in deployment_problems(deployment, config))
+
+
+def test_the_consumers_drain_counts_in_its_grace_period() -> None:
+    docs = objects("prod")
+    configs = {c["metadata"]["name"]: c["data"] for c in of_kind(docs, "ConfigMap")}
+    config = configs["transfers-events-config"]
+    (events,) = [d for d in of_kind(docs, "Deployment") if named(d, "transfers-events")]
+    assert deployment_problems(events, config, behind_nlb=False) == []
+    longer = {**config, "EVENTS_DRAIN_SECONDS": "30"}
+    assert any("exceed" in p for p in deployment_problems(events, longer, behind_nlb=False))
 
 
 def dockerfile_argv() -> list[str]:

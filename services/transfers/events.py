@@ -16,7 +16,9 @@ Settings: `EVENTS_MAX_IN_FLIGHT` (10) messages handled at once;
 hidden (extended while it is handled) before another consumer may get it;
 `EVENTS_MAX_RETRY_DELAY_SECONDS` (900): the longest a failed message is
 hidden before its next attempt (the delay doubles with each receive,
-durable.consumer); and services.resources' AWS settings.
+durable.consumer); `EVENTS_DRAIN_SECONDS` (10): on shutdown, how long the
+handlers in flight may take to finish (after the gRPC drain; count it in the
+pod's grace period); and services.resources' AWS settings.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class ConsumerSettings:
     max_in_flight: int
     visibility_timeout: int
     max_retry_delay: int
+    drain_seconds: float
 
     @classmethod
     def from_env(cls, env: EnvReader) -> ConsumerSettings:
@@ -50,6 +53,7 @@ class ConsumerSettings:
             max_retry_delay=env.integer(
                 "EVENTS_MAX_RETRY_DELAY_SECONDS", "900", minimum=1, maximum=43200
             ),
+            drain_seconds=env.seconds("EVENTS_DRAIN_SECONDS", "10"),
         )
 
     async def consumer(self, aws: LedgerAws, registry: CollectorRegistry) -> SqsConsumer:
@@ -63,6 +67,7 @@ class ConsumerSettings:
             wait_seconds=aws.wait_seconds,
             visibility_timeout=self.visibility_timeout,
             max_retry_delay=self.max_retry_delay,
+            drain_seconds=self.drain_seconds,
             registry=registry,
         )
 
