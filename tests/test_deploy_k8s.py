@@ -26,6 +26,7 @@ from server.application import load_factory
 from services.transfers.events import build as build_events
 from tests.support.moto import Moto
 from tests.support.net import BIN, HOST, ROOT, free_port, poll, ready_status
+from tests.test_deploy_terraform import role_actions
 
 DEPLOY_BIN = ROOT / ".venv-deploy" / "bin"
 OVERLAYS = ("dev", "prod")
@@ -120,7 +121,13 @@ def rendered(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]
 
 # Custom resources: no schema ships with kubernetes-validate, so
 # tests/test_deploy_observability.py checks their structure instead.
-CUSTOM_KINDS = {"VerticalPodAutoscaler", "ServiceMonitor", "PrometheusRule"}
+CUSTOM_KINDS = {
+    "VerticalPodAutoscaler",
+    "ServiceMonitor",
+    "PrometheusRule",
+    "ScaledObject",
+    "TriggerAuthentication",
+}
 
 
 def test_every_overlay_renders_and_validates_strictly(tmp_path: Path) -> None:
@@ -237,6 +244,30 @@ def test_the_checks_catch_mutations(mutation: Any, expected: str) -> None:
     )
     mutation(deployment["spec"]["template"]["spec"]["containers"][0])
     assert any(expected in problem for problem in deployment_problems(deployment, config))
+
+
+def test_the_consumer_scales_on_its_own_queue_with_its_own_role(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered
+    configs = {c["metadata"]["name"]: c["data"] for c in of_kind(docs, "ConfigMap")}
+    (scaled,) = of_kind(docs, "ScaledObject")
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "transfers-events"
+    assert 1 <= scaled["spec"]["minReplicaCount"] < scaled["spec"]["maxReplicaCount"]
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "aws-sqs-queue"
+    ledger = configs["transfers-events-config"]["LEDGER_NAME"]
+    assert trigger["metadata"]["queueURL"].endswith(f"/{ledger}-events")  # the one it reads
+    assert int(trigger["metadata"]["queueLength"]) > 0
+    (auth,) = [
+        a
+        for a in of_kind(docs, "TriggerAuthentication")
+        if named(a, trigger["authenticationRef"]["name"])
+    ]
+    # KEDA reads the depth with the workload's role, which may.
+    assert auth["spec"]["podIdentity"] == {"provider": "aws", "identityOwner": "workload"}
+    assert "sqs:GetQueueAttributes" in role_actions("transfers_events_role")
 
 
 def test_the_consumers_drain_counts_in_its_grace_period() -> None:
