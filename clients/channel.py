@@ -5,11 +5,18 @@ one per call would defeat that) and closed together on shutdown. Options
 follow gRPC's guidance for a client behind Kubernetes: round_robin over the
 addresses DNS returns for a headless Service (`dns:///name:port`),
 keepalive pings that the server's policy permits, and explicit message sizes.
+
+TLS when `CLIENT_TLS_ROOT_CA` is set, and mTLS with `CLIENT_TLS_CERT` and
+`CLIENT_TLS_KEY` (server.tls, interceptors.authorization). The files are read
+when a channel is made: grpc's Python channels cannot swap credentials, so a
+renewed client certificate is used from the process's next start (README,
+Deploy: a Secret change rolls the Deployment).
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,17 +37,24 @@ class ChannelSettings:
     load_balancing: str = "round_robin"
     # PEM file of the CA that signs the servers' certificates; None: plaintext.
     tls_root_ca: Path | None = None
+    # PEM certificate and key this process presents to servers that require one (mTLS).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     extra_options: tuple[tuple[str, str | int], ...] = field(default_factory=tuple)
 
     @classmethod
     def from_env(cls, read: Reader) -> ChannelSettings:
-        """`CLIENT_TLS_ROOT_CA` (PEM file; empty: plaintext), `CLIENT_MAX_MESSAGE_BYTES`,
+        """`CLIENT_TLS_ROOT_CA` (PEM file; empty: plaintext), `CLIENT_TLS_CERT` and
+        `CLIENT_TLS_KEY` (this process's certificate, for mTLS), `CLIENT_MAX_MESSAGE_BYTES`,
         `CLIENT_KEEPALIVE_TIME_SECONDS`, `CLIENT_KEEPALIVE_TIMEOUT_SECONDS`,
         `CLIENT_LOAD_BALANCING` (round_robin or pick_first)."""
         defaults = cls()
         ca = read.string("CLIENT_TLS_ROOT_CA", "")
         if ca and not Path(ca).is_file():
             raise SettingsError(f"CLIENT_TLS_ROOT_CA names no readable file: {ca!r}")
+        cert, key = read.string("CLIENT_TLS_CERT", ""), read.string("CLIENT_TLS_KEY", "")
+        if cert or key:
+            _check_client_pair(ca, cert, key)
         balancing = read.string("CLIENT_LOAD_BALANCING", defaults.load_balancing)
         if balancing not in ("round_robin", "pick_first"):
             raise SettingsError(
@@ -58,6 +72,8 @@ class ChannelSettings:
             ),
             load_balancing=balancing,
             tls_root_ca=Path(ca) if ca else None,
+            tls_cert=Path(cert) if cert else None,
+            tls_key=Path(key) if key else None,
         )
 
     def grpc_options(self) -> list[tuple[str, str | int]]:
@@ -71,6 +87,23 @@ class ChannelSettings:
             ("grpc.enable_retries", 0),  # retries belong to our chain, not to gRPC core
             *self.extra_options,
         ]
+
+
+def _check_client_pair(ca: str, cert: str, key: str) -> None:
+    """Both files, a pair that loads, and a CA to verify servers with: else one line."""
+    for variable, value in (("CLIENT_TLS_CERT", cert), ("CLIENT_TLS_KEY", key)):
+        if not value:
+            raise SettingsError(f"{variable} is required: CLIENT_TLS_CERT and _KEY go together")
+        if not Path(value).is_file():
+            raise SettingsError(f"{variable} names no readable file: {value!r}")
+    if not ca:
+        raise SettingsError("CLIENT_TLS_CERT needs CLIENT_TLS_ROOT_CA: it is sent over TLS only")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as error:
+        raise SettingsError(
+            f"CLIENT_TLS_KEY does not load with CLIENT_TLS_CERT as a PEM pair: {error}"
+        ) from None
 
 
 class ChannelFactory:
@@ -93,10 +126,15 @@ class ChannelFactory:
         return connection
 
     def _new_channel(self, target: str) -> grpc.aio.Channel:
-        options = self._settings.grpc_options()
-        if self._settings.tls_root_ca is None:
+        settings = self._settings
+        options = settings.grpc_options()
+        if settings.tls_root_ca is None:
             return grpc.aio.insecure_channel(target, options=options)
-        credentials = grpc.ssl_channel_credentials(self._settings.tls_root_ca.read_bytes())
+        credentials = grpc.ssl_channel_credentials(
+            settings.tls_root_ca.read_bytes(),
+            settings.tls_key.read_bytes() if settings.tls_key else None,
+            settings.tls_cert.read_bytes() if settings.tls_cert else None,
+        )
         return grpc.aio.secure_channel(target, credentials, options=options)
 
     async def close(self, grace: float | None = None) -> None:

@@ -5,7 +5,9 @@
 reason) and `error_message`; `stack_trace` only for server errors (the
 traceback never goes on the wire, only here); `request_details` (sanitised
 by interceptors.redaction) for failed calls, and for every call at DEBUG.
-`user_id` comes from `user_id_var`, which authentication sets when it knows.
+`user_id` comes from `user_id_var`, which a service's authentication of end
+users sets when it knows; `caller`, beside PLATFORM.md's fields, is the calling
+workload's identity proven by mTLS (interceptors.authorization), when known.
 
 Levels: OK at INFO, client errors at WARNING, server errors at ERROR.
 `LOG_CALLS=errors` keeps only failures, except the calls the server's load
@@ -74,6 +76,8 @@ class AccessLog:
             "span_id": call.span_id,
             "peer": call.context.peer(),
         }
+        if call.caller:
+            fields["caller"] = call.caller
         user_id = user_id_var.get()
         if user_id:
             fields["user_id"] = user_id

@@ -29,6 +29,7 @@ Metadata = Sequence[tuple[str, str | bytes]]
 class ServerCall:
     __slots__ = (
         "begun",
+        "caller",
         "code",
         "context",
         "correlation_id",
@@ -67,6 +68,7 @@ class ServerCall:
         self.code = grpc.StatusCode.OK
         self.error: BaseException | None = None
         self.correlation_id = ""
+        self.caller = ""  # the authenticated identity (interceptors.authorization), if any
         self.trace_id = ""
         self.span_id = ""
         self.request: Any = None

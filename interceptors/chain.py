@@ -67,13 +67,14 @@ class Steps:
     The first three never reject a call, so their ends run (correlation has
     none; tracing's runs when its begin attached a context); the others raise
     a PlatformError from `begin` to reject it, and their `end` must tolerate a
-    `begin` that did not complete.
+    `begin` that did not complete (authorization has no end).
     """
 
     metrics: Layer
     correlation: CorrelationLayer  # begin only
     tracing: Layer
     access_log: AccessLog
+    authorization: Layer | None  # begin only
     deadline: Layer
     rate_limit: Layer | None
     shedding: Layer | None
@@ -89,6 +90,7 @@ class MethodChain:
     __slots__ = (
         "access_log",
         "application",
+        "authorization",
         "check",
         "correlation",
         "deadline",
@@ -108,6 +110,7 @@ class MethodChain:
         self.tracing = steps.tracing
         self.access_log = steps.access_log
         self.log_successes = steps.access_log.logs_successes
+        self.authorization = steps.authorization
         self.deadline = steps.deadline
         self.rate_limit = steps.rate_limit
         self.shedding = steps.shedding
@@ -126,6 +129,8 @@ class MethodChain:
         self.metrics.begin(call)
         self.correlation.begin(call)
         self.tracing.begin(call)
+        if self.authorization is not None:
+            self.authorization.begin(call)
         self.deadline.begin(call)
         if self.rate_limit is not None:
             self.rate_limit.begin(call)

@@ -5,7 +5,9 @@ Each (method, caller) pair gets a bucket of `burst` tokens refilled at `rate`
 per second; a call without a token is rejected at once with
 RESOURCE_EXHAUSTED, reason RATE_LIMITED, a QuotaFailure naming the caller
 and the limit, and a RetryInfo saying when a token will be there. The caller
-is identified by the `x-client-id` header, else by its address. Buckets of
+is its identity proven by mTLS when the server authenticates callers
+(interceptors.authorization runs first), else the `x-client-id` header it
+declares, else its address. Buckets of
 idle callers are evicted (least recently used first) beyond `max_callers`,
 so hostile callers cannot grow memory without bound.
 
@@ -96,6 +98,8 @@ class RateLimitLayer:
         self._metadata = {"limitPerSecond": f"{rate.per_second:g}"}
 
     def caller_of(self, call: ServerCall) -> str:
+        if call.caller:
+            return f"id:{call.caller[:256]}"  # authenticated: a header cannot change it
         client_id = call.header(CLIENT_ID_HEADER)
         if client_id:
             return f"client:{client_id[:64]}"

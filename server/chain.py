@@ -10,21 +10,27 @@ top to bottom before the handler, `end` bottom to top after it):
                    (no exporter: only the caller's context, no span)
 4. access log    - a JSON line per failed call, or per call (written at `end`,
                    so it sees the code)
-5. deadline      - contract default when none, clamp, reject expired, the budget
-6. rate limit    - token bucket per method and caller (when configured)
-7. shedding      - adaptive concurrency limit, and the share of calls a
+5. authorization - the caller's identity from its mTLS certificate, checked
+                   against the method's allowed callers (when TLS_CLIENT_CA_FILE
+                   is set; interceptors.authorization)
+6. deadline      - contract default when none, clamp, reject expired, the budget
+7. rate limit    - token bucket per method and caller (when configured), per
+                   authenticated identity under mTLS
+8. shedding      - adaptive concurrency limit, and the share of calls a
                    standing queue in gRPC's core asks to shed (when enabled;
                    only of methods whose calls are not cheap)
-8. validation    - protovalidate rules of the contract (compiled fast path
+9. validation    - protovalidate rules of the contract (compiled fast path
                    for valid requests, interceptors.compiled_rules)
-9. the application's own layers (`Application.interceptors`): they see only
+10. the application's own layers (`Application.interceptors`): they see only
    calls that passed everything above, with valid requests
 then the handler. Errors from any of them, or from the handler, are mapped
 to rich statuses in one place (interceptors.chain, interceptors.errors), so
 a throttled call is logged, counted and traced like any other.
 
-Observability comes first so that rejections are visible; cheap rejections
-(deadline, rate, shedding) come before validation, which costs more.
+Observability comes first so that rejections are visible; a caller that is
+not allowed is turned away before anything is spent on it, and before the
+rate limit, which counts per identity; cheap rejections (deadline, rate,
+shedding) come before validation, which costs more.
 Health, reflection and the admin port are outside the chain.
 """
 
@@ -36,6 +42,7 @@ from opentelemetry.trace import Tracer
 from prometheus_client import CollectorRegistry
 
 from interceptors.access_log import AccessLog, CallLogging
+from interceptors.authorization import AuthorizationLayer, AuthorizationPolicy
 from interceptors.call import Layer
 from interceptors.chain import ServerChain, Steps
 from interceptors.correlation import CorrelationLayer
@@ -60,6 +67,7 @@ def build_server_chain(
     errors: ErrorMapper,
     queue_delay: QueueDelayGate,
     application_layers: Sequence[Layer] = (),
+    authorization: AuthorizationPolicy | None = None,  # None: callers are not authenticated
 ) -> ServerChain:
     metrics = RpcMetrics(registry, "server")
     correlation = CorrelationLayer()
@@ -85,6 +93,13 @@ def build_server_chain(
             correlation=correlation,
             tracing=propagation if tracer is None else TracingLayer(tracer, policy),
             access_log=access_log,
+            authorization=(
+                None
+                if authorization is None
+                else AuthorizationLayer(
+                    policy.full_method, authorization.callers_for(policy.full_method)
+                )
+            ),
             deadline=deadline,
             rate_limit=None if rate is None else RateLimitLayer(rate, stats),
             shedding=(

@@ -17,8 +17,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from interceptors.authorization import AuthorizationPolicy, PolicyError
 from interceptors.ratelimit import Rate
 from server.event_loop import EVENT_LOOPS
+from server.tls import TlsFileError, TlsFiles
 
 _INTEGER = re.compile(r"-?[0-9]+")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -111,6 +113,29 @@ SETTINGS: tuple[Setting, ...] = (
         "Time calls on an aged connection get to finish.",
     ),
     Setting(
+        "TLS_CERT_FILE",
+        "path",
+        "",
+        "PEM certificate (chain) of the gRPC port; with `TLS_KEY_FILE`, the port serves "
+        "TLS only. Reloaded when the file changes. Empty: plaintext.",
+    ),
+    Setting("TLS_KEY_FILE", "path", "", "PEM private key of `TLS_CERT_FILE`."),
+    Setting(
+        "TLS_CLIENT_CA_FILE",
+        "path",
+        "",
+        "PEM CA certificate(s): every caller must present a certificate they signed "
+        "(mTLS), whose SPIFFE ID, else common name, is its identity. Empty: not asked.",
+    ),
+    Setting(
+        "AUTHZ_RULES",
+        "list",
+        "",
+        "Which callers may call what, e.g. `ledger.v1.Accounts/Withdraw=transfers|ops,"
+        "ledger.v1.Accounts/*=*`; a method no rule matches is denied. Needs "
+        "`TLS_CLIENT_CA_FILE`. Empty: every authenticated caller.",
+    ),
+    Setting(
         "SHUTDOWN_DELAY_SECONDS",
         "float",
         "0",
@@ -159,7 +184,8 @@ SETTINGS: tuple[Setting, ...] = (
         "RATE_LIMIT_RPS",
         "float",
         "0",
-        "Calls per second per method and caller (`x-client-id`, else address); 0: off.",
+        "Calls per second per method and caller (its mTLS identity, else `x-client-id`, "
+        "else address); 0: off.",
     ),
     Setting(
         "RATE_LIMIT_BURST", "float", "0", "Bucket size of the rate limit (0: same as the rate)."
@@ -313,6 +339,33 @@ def _rate_overrides(entries: tuple[str, ...]) -> dict[str, Rate | None]:
     return overrides
 
 
+def _tls(read: EnvReader) -> TlsFiles | None:
+    try:
+        return TlsFiles.checked(
+            read.string("TLS_CERT_FILE"),
+            read.string("TLS_KEY_FILE"),
+            read.string("TLS_CLIENT_CA_FILE"),
+        )
+    except TlsFileError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _authorization(read: EnvReader, tls: TlsFiles | None) -> AuthorizationPolicy | None:
+    """The policy when callers are authenticated (mTLS), else None."""
+    entries = read.names("AUTHZ_RULES")
+    if tls is None or tls.client_ca is None:
+        if entries:
+            raise ConfigError(
+                "AUTHZ_RULES needs TLS_CLIENT_CA_FILE: without client certificates no caller "
+                "is known"
+            )
+        return None
+    try:
+        return AuthorizationPolicy.parse(entries)
+    except PolicyError as error:
+        raise ConfigError(str(error)) from None
+
+
 def _shed_limits(read: EnvReader) -> dict[str, int]:
     limits = {
         "shed_initial_limit": read.integer("SHED_INITIAL_LIMIT", minimum=1),
@@ -362,10 +415,13 @@ class ServerConfig:
     shed_max_limit: int
     shed_queue_delay: float
     shed_queue_delay_min_handling: float
+    tls: TlsFiles | None
+    authorization: AuthorizationPolicy | None  # None: callers are not authenticated
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ServerConfig:
         read = EnvReader(env)
+        tls = _tls(read)
         return cls(
             service=read.string("SERVICE"),
             grpc_host=read.string("GRPC_HOST"),
@@ -401,6 +457,8 @@ class ServerConfig:
             **_shed_limits(read),
             shed_queue_delay=read.seconds("SHED_QUEUE_DELAY_SECONDS"),
             shed_queue_delay_min_handling=read.seconds("SHED_QUEUE_DELAY_MIN_HANDLING_SECONDS"),
+            tls=tls,
+            authorization=_authorization(read, tls),
         )
 
     def rate_for(self, full_method: str) -> Rate | None:

@@ -33,7 +33,7 @@ from server.application import RuntimeContext, load_factory
 from server.config import ConfigError, EnvReader, ServerConfig
 from server.event_loop import loop_factory
 from server.logs import configure_logging
-from server.runtime import Runtime, StartupError, process_registry
+from server.runtime import Runtime, StartupError, process_registry, release
 from server.shutdown import ShutdownSignal
 from server.tracing import exporting, tracer_provider
 
@@ -55,12 +55,16 @@ async def serve(config: ServerConfig, env: Mapping[str, str]) -> None:
     )
     channels = ChannelFactory(ChannelSettings.from_env(EnvReader(env)), chain)
     application = await factory(RuntimeContext(config, EnvReader(env), channels, registry))
-    runtime = Runtime(config, application, channels, registry, tracing)
+    try:
+        runtime = Runtime(config, application, channels, registry, tracing)
+    except ConfigError:  # a setting that only the application's methods can check
+        await release(application)
+        raise
     shutdown = ShutdownSignal()
     try:
         await runtime.start()
     except StartupError:
-        await runtime.release_application()  # e.g. its AWS clients: exit cleanly
+        await release(application)  # e.g. its AWS clients: exit cleanly
         raise
     gc.collect()  # what start-up left behind is freed, not frozen
     gc.freeze()

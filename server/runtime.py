@@ -1,7 +1,8 @@
 """Assembles and runs one service process: gRPC server, health, reflection, admin.
 
 `Runtime.start()` binds the gRPC listener with the configured options
-(message sizes, keepalive, `max_connection_age` for L4 load balancers) and
+(message sizes, keepalive, `max_connection_age` for L4 load balancers; TLS
+or mTLS when configured, server.tls) and
 serves, through one `MethodTable` (server.dispatch), the application's
 servicers behind the chain, the standard health service and server
 reflection (so `grpcurl list/describe` needs no proto files); then it
@@ -26,12 +27,13 @@ from interceptors.queue_delay import QueueDelayGate
 from server.admin import AdminServer
 from server.application import Application
 from server.chain import build_server_chain
-from server.config import ServerConfig
+from server.config import ConfigError, ServerConfig
 from server.dispatch import MethodTable
 from server.event_loop import EventLoopCpu, loop_name
 from server.health import HealthState
 from server.queue_probe import QueueProbe, loopback_host
 from server.reflection import enable_reflection
+from server.tls import ServerTls
 from server.tracing import exporting, tracer_provider
 
 _log = logging.getLogger(__name__)
@@ -51,6 +53,15 @@ def process_registry() -> CollectorRegistry:
 
 def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def release(application: Application) -> None:
+    """Runs the application's shutdown hooks, in order; a failing one is logged."""
+    for hook in application.on_shutdown:
+        try:
+            await hook()
+        except Exception:
+            _log.exception("shutdown hook failed")
 
 
 class Runtime:
@@ -81,6 +92,7 @@ class Runtime:
             application.errors,
             self.queue_delay,
             application.interceptors,
+            config.authorization,
         )
         table = MethodTable()
         for servicer in application.servicers:
@@ -96,9 +108,22 @@ class Runtime:
         health_service = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         enable_reflection([*names, health_service], table)
         self.methods = table
+        if config.authorization is not None:
+            served = [
+                policy.full_method
+                for servicer in application.servicers
+                for policy in servicer.METHODS.values()
+            ]
+            unmatched = config.authorization.unmatched(served)
+            if unmatched:
+                raise ConfigError(
+                    f"AUTHZ_RULES names methods this service does not serve: {', '.join(unmatched)}"
+                )
+        self.tls = None if config.tls is None else ServerTls(config.tls)
         # One generic handler for every method, none registered (server.dispatch says why).
         self.server = grpc.aio.server(handlers=[table], options=config.grpc_options())
         self.grpc_port = 0
+        self.probe_port = 0  # with TLS on, the queue-delay probe's plaintext loopback listener
         self.workers: list[asyncio.Task[None]] = []
         self.queue_probe: asyncio.Task[None] | None = None
 
@@ -113,8 +138,14 @@ class Runtime:
 
     async def start(self) -> None:
         address = host_port(self.config.grpc_host, self.config.grpc_port)
+        probe_host = loopback_host(self.config.grpc_host)
         try:
-            self.grpc_port = self.server.add_insecure_port(address)
+            if self.tls is None:
+                self.grpc_port = self.server.add_insecure_port(address)
+            else:
+                self.grpc_port = self.server.add_secure_port(address, self.tls.credentials())
+                if self.queue_delay.on:
+                    self.probe_port = self.server.add_insecure_port(host_port(probe_host, 0))
         except RuntimeError:
             raise StartupError(f"cannot listen for gRPC on {address} (GRPC_PORT)") from None
         await self.server.start()
@@ -130,7 +161,7 @@ class Runtime:
         EventLoopCpu(self.registry)  # started here: on the loop's own thread
         if self.queue_delay.on:
             probe = QueueProbe(
-                self.queue_delay, host_port(loopback_host(self.config.grpc_host), self.grpc_port)
+                self.queue_delay, host_port(probe_host, self.probe_port or self.grpc_port)
             )
             self.queue_probe = asyncio.create_task(probe.run(), name="queue-probe")
         self.workers = [
@@ -142,18 +173,11 @@ class Runtime:
             extra={
                 "services": [s.SERVICE_NAME for s in self.application.servicers],
                 "grpc_port": self.grpc_port,
+                "grpc_tls": "off" if self.tls is None else self.tls.mode,
                 "admin_port": self.admin.port,
                 "event_loop": loop_name(asyncio.get_running_loop()),
             },
         )
-
-    async def release_application(self) -> None:
-        """Runs the application's shutdown hooks, in order; a failing one is logged."""
-        for hook in self.application.on_shutdown:
-            try:
-                await hook()
-            except Exception:
-                _log.exception("shutdown hook failed")
 
     async def stop(self) -> None:
         config = self.config
@@ -169,7 +193,7 @@ class Runtime:
         for worker in self.workers:
             worker.cancel()
         await asyncio.gather(*self.workers, return_exceptions=True)
-        await self.release_application()
+        await release(self.application)
         await self.channels.close()
         self.tracing.shutdown()
         await self.health.close()

@@ -10,12 +10,14 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from clients.chain import ClientChain
-from clients.channel import ChannelFactory
+from clients.channel import ChannelFactory, ChannelSettings
 from clients.resilience import Resilience
+from grpcplatform.testing.v1.echo_platform import EchoServiceClient
 from interceptors.retry import RetryPolicy
 from server.application import AppFactory, RuntimeContext
 from server.config import EnvReader, ServerConfig
 from server.runtime import Runtime, process_registry
+from tests.support.certs import Pair
 from tests.support.evidence import grown, log_sizes, summaries
 from tests.support.moto import FAKE_CREDENTIALS, Moto
 from tests.support.net import HOST
@@ -102,6 +104,33 @@ def moto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Moto]:
     server.start()
     yield server
     server.stop()
+
+
+TlsClient = Callable[..., EchoServiceClient]
+
+
+@pytest.fixture
+async def tls_client() -> AsyncIterator[TlsClient]:
+    """Echo clients of a runtime, each over its own channel: trusting the CA `root`
+    (None: plaintext), presenting `client`'s certificate, if any; calls are tried once."""
+    factories: list[ChannelFactory] = []
+
+    def connect(
+        runtime: Runtime, root: Path | None, client: Pair | None = None
+    ) -> EchoServiceClient:
+        settings = ChannelSettings(
+            tls_root_ca=root,
+            tls_cert=client.cert if client else None,
+            tls_key=client.key if client else None,
+        )
+        chain = ClientChain(retry=RetryPolicy(max_attempts=1), resilience=Resilience(breaker=None))
+        factory = ChannelFactory(settings, chain)
+        factories.append(factory)
+        return EchoServiceClient(factory.connect(f"127.0.0.1:{runtime.grpc_port}"))
+
+    yield connect
+    for factory in factories:
+        await factory.close()
 
 
 @pytest.fixture

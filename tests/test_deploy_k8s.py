@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import signal
 import subprocess
@@ -22,10 +23,16 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from interceptors.authorization import AuthorizationPolicy
+from ledger.v1 import accounts_pb2, money_pb2
+from ledger.v1.accounts_pb2_grpc import AccountsStub
+from ledger.v1.accounts_platform import ACCOUNTS_METHODS
 from server.application import load_factory
+from server.config import EnvReader
 from services.transfers.events import build as build_events
+from tests.support.certs import Authority, Pair
 from tests.support.moto import Moto
-from tests.support.net import BIN, HOST, ROOT, free_port, poll, ready_status
+from tests.support.net import BIN, HOST, ROOT, free_port, http_get, poll, ready_status
 from tests.test_deploy_terraform import role_actions
 
 DEPLOY_BIN = ROOT / ".venv-deploy" / "bin"
@@ -85,16 +92,8 @@ def deployment_problems(
             problems.append(f"{name} allows privilege escalation")
         if security.get("capabilities", {}).get("drop") != ["ALL"]:
             problems.append(f"{name} does not drop all capabilities")
-        for probe, service in (
-            ("readinessProbe", None),
-            ("livenessProbe", "liveness"),
-            ("startupProbe", "liveness"),
-        ):
-            grpc_probe = container.get(probe, {}).get("grpc")
-            if not grpc_probe or grpc_probe.get("port") != 50051:
-                problems.append(f"{name} has no gRPC {probe} on the gRPC port")
-            elif grpc_probe.get("service") != service:
-                problems.append(f"{name} {probe} asks the wrong health service")
+        problems += probe_problems(container, serves_tls="TLS_CERT_FILE" in config)
+        problems += tls_file_problems(pod, container, config)
         if "limits" not in container.get("resources", {}):
             problems.append(f"{name} has no resource limits")
         pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("exec", {})
@@ -114,6 +113,62 @@ def deployment_problems(
     return problems
 
 
+def probe_problems(container: dict[str, Any], serves_tls: bool) -> list[str]:
+    """kubelet's gRPC probes speak plaintext only: a TLS port is probed on the admin port."""
+    problems, name = [], container["name"]
+    for probe, service, path in (
+        ("readinessProbe", None, "/ready"),
+        ("livenessProbe", "liveness", "/health"),
+        ("startupProbe", "liveness", "/health"),
+    ):
+        grpc_probe = container.get(probe, {}).get("grpc")
+        http_probe = container.get(probe, {}).get("httpGet")
+        if serves_tls:
+            if grpc_probe or not http_probe or http_probe.get("port") != "admin":
+                problems.append(f"{name} serves TLS but has no HTTP {probe} on the admin port")
+            elif http_probe.get("path") != path:
+                problems.append(f"{name} {probe} asks the wrong path")
+        elif not grpc_probe or grpc_probe.get("port") != 50051:
+            problems.append(f"{name} has no gRPC {probe} on the gRPC port")
+        elif grpc_probe.get("service") != service:
+            problems.append(f"{name} {probe} asks the wrong health service")
+    return problems
+
+
+TLS_FILE_SETTINGS = (
+    "TLS_CERT_FILE",
+    "TLS_KEY_FILE",
+    "TLS_CLIENT_CA_FILE",
+    "CLIENT_TLS_ROOT_CA",
+    "CLIENT_TLS_CERT",
+    "CLIENT_TLS_KEY",
+)
+
+
+def tls_file_problems(
+    pod: dict[str, Any], container: dict[str, Any], config: dict[str, str]
+) -> list[str]:
+    """Every TLS file setting names a key of a Secret mounted read-only as a directory
+    (a subPath mount is never updated, so a renewal would not reach the process)."""
+    secrets = {
+        v["name"]: v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v
+    }
+    mounts = {
+        m["mountPath"]: m
+        for m in container.get("volumeMounts", [])
+        if m["name"] in secrets and "subPath" not in m and m.get("readOnly") is True
+    }
+    problems = []
+    for setting in TLS_FILE_SETTINGS:
+        path = config.get(setting)
+        if path is None:
+            continue
+        directory, _, key = path.rpartition("/")
+        if directory not in mounts or key not in ("tls.crt", "tls.key", "ca.crt"):
+            problems.append(f"{container['name']}: {setting} is not a key of a mounted Secret")
+    return problems
+
+
 @pytest.fixture(scope="module", params=OVERLAYS)
 def rendered(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
     return request.param, objects(request.param)
@@ -127,6 +182,8 @@ CUSTOM_KINDS = {
     "PrometheusRule",
     "ScaledObject",
     "TriggerAuthentication",
+    "Certificate",
+    "Issuer",
 }
 
 
@@ -224,11 +281,22 @@ def test_transfers_reaches_accounts_through_the_headless_service() -> None:
     assert configs["transfers-config"]["ACCOUNTS_TARGET"] == "dns:///accounts-headless:50051"
 
 
+def tls_mount(container: dict[str, Any]) -> dict[str, Any]:
+    return next(m for m in container["volumeMounts"] if m["name"] == "grpc-tls")
+
+
 @pytest.mark.parametrize(
     ("mutation", "expected"),
     [
-        (lambda c: c.pop("readinessProbe"), "no gRPC readinessProbe"),
-        (lambda c: c.pop("livenessProbe"), "no gRPC livenessProbe"),
+        (lambda c: c.pop("readinessProbe"), "no HTTP readinessProbe"),
+        (lambda c: c.update(livenessProbe={"grpc": {"port": 50051}}), "no HTTP livenessProbe"),
+        (
+            lambda c: c.update(
+                volumeMounts=[m for m in c["volumeMounts"] if m["name"] != "grpc-tls"]
+            ),
+            "TLS_CERT_FILE is not a key of a mounted Secret",
+        ),
+        (lambda c: tls_mount(c).update(subPath="tls.crt"), "is not a key of a mounted Secret"),
         (lambda c: c["securityContext"].update(runAsUser=0), "may run as root"),
         (lambda c: c["securityContext"].update(readOnlyRootFilesystem=False), "writable root"),
         (lambda c: c["lifecycle"]["preStop"]["exec"].update(command=["sleep", "45"]), "exceed"),
@@ -290,9 +358,20 @@ def dockerfile_argv() -> list[str]:
     return [*json.loads(entrypoint.group(1)), *json.loads(command.group(1))]
 
 
-def test_the_images_entrypoint_starts_the_server_and_answers_health(
+def mount_like_cert_manager(directory: Path) -> Authority:
+    """The files cert-manager's Secret holds (tls.crt, tls.key, ca.crt), for Accounts."""
+    directory.mkdir()
+    ca = Authority(directory.parent, "ledger-ca")
+    ca.issue("accounts", server=True, into=Pair(directory / "tls.crt", directory / "tls.key"))
+    (directory / "ca.crt").write_bytes(ca.cert.read_bytes())
+    return ca
+
+
+def test_the_images_entrypoint_serves_the_prod_settings_over_mtls(
     tmp_path: Path, shared_moto: Moto
 ) -> None:
+    """The Dockerfile's argv with prod's rendered ConfigMap (its TLS files laid out as the
+    mounted Secret), called as the probes and as Transfers and another caller would."""
     argv = dockerfile_argv()
     assert argv == ["grpc-platform", "accounts"]
     config = next(
@@ -300,9 +379,11 @@ def test_the_images_entrypoint_starts_the_server_and_answers_health(
         for c in of_kind(objects("prod"), "ConfigMap")
         if c["metadata"]["name"] == "accounts-config"
     )
+    mount = tmp_path / "grpc-tls"
+    ca = mount_like_cert_manager(mount)
     grpc_port, admin_port = free_port(), free_port()
     env = {
-        **{k: str(v) for k, v in config.items()},
+        **{k: str(v).replace("/etc/grpc-tls", str(mount)) for k, v in config.items()},
         "GRPC_HOST": HOST,
         "GRPC_PORT": str(grpc_port),
         "ADMIN_HOST": HOST,
@@ -314,13 +395,40 @@ def test_the_images_entrypoint_starts_the_server_and_answers_health(
     }
     log = (tmp_path / "entrypoint.log").open("wb")
     process = subprocess.Popen([str(BIN / argv[0]), *argv[1:]], env=env, stderr=log, cwd=tmp_path)
+
+    def channel_as(identity: str) -> grpc.Channel:
+        pair = ca.issue(identity)
+        credentials = grpc.ssl_channel_credentials(
+            ca.cert.read_bytes(), pair.key.read_bytes(), pair.cert.read_bytes()
+        )
+        return grpc.secure_channel(f"{HOST}:{grpc_port}", credentials)
+
+    withdraw = accounts_pb2.WithdrawRequest(
+        request_id="entrypoint-w1",
+        account_id="00000000-0000-4000-8000-000000000000",
+        amount=money_pb2.Money(currency_code="EUR", minor_units=1),
+    )
     try:
         poll(lambda: (ready_status(admin_port) or (0,))[0] == 200, 30, "the entrypoint to serve")
-        with grpc.insecure_channel(f"{HOST}:{grpc_port}") as channel:
+        assert http_get(f"http://{HOST}:{admin_port}/health")[0] == 200  # the liveness probe
+        with channel_as("transfers") as channel:
             health = health_pb2_grpc.HealthStub(channel)
-            for service in ("", "liveness", "ledger.v1.Accounts"):  # what the probes ask
+            for service in ("", "liveness", "ledger.v1.Accounts"):
                 reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
                 assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as missing:
+                AccountsStub(channel).Withdraw(withdraw, timeout=10)
+            assert missing.value.code() is grpc.StatusCode.NOT_FOUND  # let through
+        with channel_as("reporting") as channel:
+            with pytest.raises(grpc.RpcError) as denied:
+                AccountsStub(channel).Withdraw(withdraw, timeout=10)
+            assert denied.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        with grpc.insecure_channel(f"{HOST}:{grpc_port}") as plaintext:
+            with pytest.raises(grpc.RpcError) as refused:
+                health_pb2_grpc.HealthStub(plaintext).Check(
+                    health_pb2.HealthCheckRequest(), timeout=5
+                )
+            assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
     finally:
@@ -329,11 +437,102 @@ def test_the_images_entrypoint_starts_the_server_and_answers_health(
         log.close()
 
 
-def test_prod_terminates_tls_at_the_nlb_with_http2_alpn() -> None:
-    for service in of_kind(objects("prod"), "Service"):
-        annotations = service["metadata"].get("annotations", {})
-        if annotations.get("service.beta.kubernetes.io/aws-load-balancer-type") != "external":
-            continue
+def certificate_of(docs: list[dict[str, Any]], deployment: str) -> dict[str, Any]:
+    """The cert-manager Certificate whose Secret the Deployment mounts for its TLS files."""
+    (pod_deployment,) = [d for d in of_kind(docs, "Deployment") if named(d, deployment)]
+    volumes = pod_deployment["spec"]["template"]["spec"]["volumes"]
+    (secret,) = [v["secret"]["secretName"] for v in volumes if v["name"] == "grpc-tls"]
+    (certificate,) = [c for c in of_kind(docs, "Certificate") if c["spec"]["secretName"] == secret]
+    return certificate
+
+
+def test_callers_prove_who_they_are_and_only_transfers_moves_money(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered
+    configs = {c["metadata"]["name"]: c["data"] for c in of_kind(docs, "ConfigMap")}
+    issuers = {i["metadata"]["name"]: i for i in of_kind(docs, "Issuer")}
+    accounts, transfers = certificate_of(docs, "accounts"), certificate_of(docs, "transfers")
+    for certificate in (accounts, transfers):
+        issuer = issuers[certificate["spec"]["issuerRef"]["name"]]
+        (ca,) = [  # the issuer signs with a CA certificate cert-manager keeps
+            c
+            for c in of_kind(docs, "Certificate")
+            if c["spec"]["secretName"] == issuer["spec"]["ca"]["secretName"]
+        ]
+        assert ca["spec"]["isCA"] is True
+        assert "server auth" in certificate["spec"]["usages"]
+        assert configs[f"{certificate['metadata']['labels']['app.kubernetes.io/name']}-config"][
+            "TLS_CLIENT_CA_FILE"
+        ].endswith("/ca.crt")
+
+    # Accounts: its rules name only its own methods, and only Transfers' identity
+    # (its certificate's common name) may withdraw or deposit.
+    rules = AuthorizationPolicy.parse(EnvReader(configs["accounts-config"]).names("AUTHZ_RULES"))
+    assert rules.unmatched(p.full_method for p in ACCOUNTS_METHODS.values()) == []
+    identity = transfers["spec"]["commonName"]
+    for method in ("Withdraw", "Deposit"):
+        assert rules.callers_for(f"/ledger.v1.Accounts/{method}") == frozenset({identity})
+    assert rules.callers_for("/ledger.v1.Accounts/GetAccount") is None  # any caller of the CA
+
+    # Transfers presents that certificate to Accounts, under the name it dials.
+    transfers_config = configs["transfers-config"]
+    assert transfers_config["CLIENT_TLS_CERT"] == transfers_config["TLS_CERT_FILE"]
+    assert "client auth" in transfers["spec"]["usages"]
+    host = transfers_config["ACCOUNTS_TARGET"].removeprefix("dns:///").rpartition(":")[0]
+    assert host in accounts["spec"]["dnsNames"]
+
+
+def test_the_nlb_passes_tls_through_to_pods_that_serve_it(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    """A client certificate cannot cross a TLS termination: no NLB of a pod that asks for
+    one may terminate TLS itself."""
+    _, docs = rendered
+    configs = {c["metadata"]["name"]: c["data"] for c in of_kind(docs, "ConfigMap")}
+    for deployment in of_kind(docs, "Deployment"):
+        config = configs[f"{deployment['metadata']['name']}-config"]
+        for name in load_balancers_of(docs, deployment):
+            (service,) = [s for s in of_kind(docs, "Service") if named(s, name)]
+            annotations = service["metadata"]["annotations"]
+            assert "TLS_CLIENT_CA_FILE" in config
+            assert "service.beta.kubernetes.io/aws-load-balancer-ssl-cert" not in annotations
+
+
+def test_the_nlb_tls_component_terminates_tls_with_http2_alpn(tmp_path: Path) -> None:
+    """The alternative for clusters without cert-manager: TLS at the NLB, no caller identity."""
+    overlay = tmp_path / "nlb-tls"
+    overlay.mkdir()
+    k8s = Path(os.path.relpath(ROOT / "k8s", overlay))  # kustomize takes relative paths only
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [str(k8s / "base" / "accounts"), str(k8s / "base" / "transfers")],
+                "components": [str(k8s / "components" / "nlb-tls")],
+            }
+        )
+    )
+    result = subprocess.run(
+        [str(DEPLOY_BIN / "kubectl"), "kustomize", str(overlay)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    balancers = [
+        s
+        for s in of_kind(docs, "Service")
+        if s["metadata"]
+        .get("annotations", {})
+        .get("service.beta.kubernetes.io/aws-load-balancer-type")
+        == "external"
+    ]
+    assert len(balancers) == 2
+    for service in balancers:
+        annotations = service["metadata"]["annotations"]
         assert annotations["service.beta.kubernetes.io/aws-load-balancer-alpn-policy"] == (
             "HTTP2Preferred"
         )

@@ -1,0 +1,144 @@
+"""TLS on the gRPC port, and mutual TLS when client certificates are required.
+
+`TLS_CERT_FILE` and `TLS_KEY_FILE` (PEM) turn TLS on; `TLS_CLIENT_CA_FILE`
+makes every caller present a certificate that CA signed (mTLS), which gives
+the server chain an authenticated caller identity (interceptors.authorization).
+The files are checked at start-up with the standard library's `ssl` (the
+certificate matches its key, the CA file parses), so a bad file stops the
+process with one line naming its variable, not a failed handshake later.
+
+Rotation without a restart: grpc's dynamic server credentials ask
+`ServerTls.refresh` before each new handshake; it looks at the files'
+modification times and, when one changed (cert-manager rewrites the mounted
+Secret before the certificate expires), loads them again. Connections already
+open keep the session they made. A set of files that does not load (caught
+half-written) is skipped, the previous certificate is kept, and a warning is
+logged once; the next change of the files is tried again.
+
+The runtime's own queue-delay probe (server.queue_probe) cannot present a
+client certificate; with TLS on, it reaches the server on a plaintext
+listener of its own bound to loopback, where a call to any chained method
+finds no caller identity and is refused UNAUTHENTICATED when mTLS is on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+_log = logging.getLogger(__name__)
+
+
+class TlsFileError(ValueError):
+    """A TLS file is missing or does not load; `variable` names its setting."""
+
+    def __init__(self, variable: str, message: str) -> None:
+        super().__init__(f"{variable} {message}")
+        self.variable = variable
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+    client_ca: Path | None  # None: callers are not asked for a certificate
+
+    @classmethod
+    def checked(cls, cert: str, key: str, client_ca: str) -> TlsFiles | None:
+        """The files named by TLS_CERT_FILE, TLS_KEY_FILE and TLS_CLIENT_CA_FILE, loaded
+        once to prove they work; None when TLS is off (all three empty)."""
+        if not cert and not key:
+            if client_ca:
+                raise TlsFileError(
+                    "TLS_CLIENT_CA_FILE", "needs TLS_CERT_FILE and TLS_KEY_FILE (mTLS is TLS)"
+                )
+            return None
+        if not cert:
+            raise TlsFileError("TLS_CERT_FILE", "is required when TLS_KEY_FILE is set")
+        if not key:
+            raise TlsFileError("TLS_KEY_FILE", "is required when TLS_CERT_FILE is set")
+        files = cls(Path(cert), Path(key), Path(client_ca) if client_ca else None)
+        files.verify()
+        return files
+
+    def verify(self) -> None:
+        for variable, path in self._named():
+            if not path.is_file():
+                raise TlsFileError(variable, f"names no readable file: {str(path)!r}")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(self.cert, self.key)
+        except (ssl.SSLError, OSError) as error:
+            raise TlsFileError(
+                "TLS_KEY_FILE", f"does not load with TLS_CERT_FILE as a PEM pair: {error}"
+            ) from None
+        if self.client_ca is not None:
+            try:
+                context.load_verify_locations(cafile=self.client_ca)
+            except (ssl.SSLError, OSError) as error:
+                raise TlsFileError(
+                    "TLS_CLIENT_CA_FILE", f"is not a PEM CA certificate: {error}"
+                ) from None
+
+    def _named(self) -> list[tuple[str, Path]]:
+        named = [("TLS_CERT_FILE", self.cert), ("TLS_KEY_FILE", self.key)]
+        if self.client_ca is not None:
+            named.append(("TLS_CLIENT_CA_FILE", self.client_ca))
+        return named
+
+    def stamp(self) -> tuple[int, ...]:
+        """Changes when any of the files is rewritten (or replaced, as a Secret volume's
+        symlink swap does)."""
+        return tuple(os.stat(path).st_mtime_ns for _, path in self._named())
+
+
+class ServerTls:
+    """The gRPC port's credentials, reloaded when the files change."""
+
+    def __init__(self, files: TlsFiles) -> None:
+        self.files = files
+        self.loaded = files.stamp()
+        self.rejected: tuple[int, ...] | None = None  # files that failed to load, as stamped
+        self.reloads = 0
+
+    @property
+    def mode(self) -> str:
+        return "tls" if self.files.client_ca is None else "mtls"
+
+    def _configuration(self) -> grpc.ServerCertificateConfiguration:
+        files = self.files
+        return grpc.ssl_server_certificate_configuration(
+            [(files.key.read_bytes(), files.cert.read_bytes())],
+            root_certificates=files.client_ca.read_bytes() if files.client_ca else None,
+        )
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.dynamic_ssl_server_credentials(
+            self._configuration(),
+            self.refresh,  # type: ignore[arg-type]  # grpc documents None as "no change"
+            require_client_authentication=self.files.client_ca is not None,
+        )
+
+    def refresh(self) -> grpc.ServerCertificateConfiguration | None:
+        """Called by grpc before a handshake: a new configuration, or None for no change.
+        It must not raise (grpc would fail the handshake)."""
+        stamp: tuple[int, ...] | None = None
+        try:
+            stamp = self.files.stamp()
+            if stamp in (self.loaded, self.rejected):
+                return None
+            self.files.verify()
+            configuration = self._configuration()
+        except (TlsFileError, OSError) as error:
+            self.rejected = stamp  # warned once per change of the files, not per handshake
+            _log.warning("TLS files changed but do not load; keeping the previous ones: %s", error)
+            return None
+        self.loaded = stamp
+        self.reloads += 1
+        _log.info("TLS certificate reloaded", extra={"tls_cert_file": str(self.files.cert)})
+        return configuration

@@ -1,0 +1,196 @@
+"""TLS and mTLS on the gRPC port (server.tls): real handshakes on loopback, certificates
+rotated under a running server, and bad files refused at start-up."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+from pathlib import Path
+
+import grpc
+import pytest
+
+from clients.chain import ClientChain
+from clients.channel import ChannelFactory, ChannelSettings
+from clients.settings import SettingsError
+from grpcplatform.testing.v1 import echo_pb2 as pb
+from grpcplatform.testing.v1.echo_platform import EchoServiceClient
+from interceptors.retry import RetryPolicy
+from server.config import ConfigError, EnvReader, ServerConfig
+from tests.conftest import StartRuntime, TlsClient
+from tests.support import echo
+from tests.support.certs import Authority, Pair
+from tests.support.net import PYTHON, ROOT, free_port, port_open, service_env
+
+
+def server_env(server: Pair, client_ca: Path | None = None) -> dict[str, str]:
+    env = {"TLS_CERT_FILE": str(server.cert), "TLS_KEY_FILE": str(server.key)}
+    if client_ca is not None:
+        env["TLS_CLIENT_CA_FILE"] = str(client_ca)
+    return env
+
+
+async def code_of(client: EchoServiceClient, **metadata: str) -> grpc.StatusCode:
+    try:
+        await client.echo(pb.EchoRequest(message="hi"), metadata=tuple(metadata.items()), timeout=5)
+    except grpc.aio.AioRpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+async def test_mtls_admits_only_callers_with_a_certificate_of_the_ca(
+    start_runtime: StartRuntime, tls_client: TlsClient, tmp_path: Path
+) -> None:
+    ca = Authority(tmp_path, "ledger-ca")
+    stranger_ca = Authority(tmp_path, "other-ca")
+    runtime = await start_runtime(echo.build, **server_env(ca.issue("echo", server=True), ca.cert))
+
+    assert await code_of(tls_client(runtime, ca.cert, ca.issue("alice"))) is grpc.StatusCode.OK
+    # No certificate, or one another CA signed: the handshake fails, no call is made.
+    assert await code_of(tls_client(runtime, ca.cert)) is grpc.StatusCode.UNAVAILABLE
+    outsider = stranger_ca.issue("mallory")
+    assert await code_of(tls_client(runtime, ca.cert, outsider)) is grpc.StatusCode.UNAVAILABLE
+    # A plaintext client gets nowhere either.
+    assert await code_of(tls_client(runtime, None)) is grpc.StatusCode.UNAVAILABLE
+
+
+async def test_tls_without_client_ca_serves_any_client_that_trusts_the_server(
+    start_runtime: StartRuntime, tls_client: TlsClient, tmp_path: Path
+) -> None:
+    ca = Authority(tmp_path)
+    runtime = await start_runtime(echo.build, **server_env(ca.issue("echo", server=True)))
+    assert await code_of(tls_client(runtime, ca.cert)) is grpc.StatusCode.OK
+    assert await code_of(tls_client(runtime, Authority(tmp_path, "other").cert)) is (
+        grpc.StatusCode.UNAVAILABLE  # the server's certificate is not one it trusts
+    )
+
+
+async def test_a_rotated_certificate_is_served_to_new_connections_without_a_restart(
+    start_runtime: StartRuntime,
+    tls_client: TlsClient,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    old_ca, new_ca = Authority(tmp_path, "old-ca"), Authority(tmp_path, "new-ca")
+    served = old_ca.issue("echo", server=True)
+    runtime = await start_runtime(echo.build, **server_env(served))
+    kept = tls_client(runtime, old_ca.cert)
+    assert await code_of(kept) is grpc.StatusCode.OK
+
+    new_ca.issue("echo", server=True, into=served)  # as cert-manager renews the Secret
+    assert await code_of(tls_client(runtime, new_ca.cert)) is grpc.StatusCode.OK
+    assert await code_of(tls_client(runtime, old_ca.cert)) is grpc.StatusCode.UNAVAILABLE
+    assert await code_of(kept) is grpc.StatusCode.OK  # an open connection keeps its session
+    assert runtime.tls is not None
+    assert runtime.tls.reloads == 1
+
+    # Caught half-written: the key no longer matches. The last good pair stays served.
+    await asyncio.sleep(0.01)  # a later modification time than the renewal's
+    served.key.write_bytes(b"-----BEGIN PRIVATE KEY-----\ntruncated")
+    with caplog.at_level(logging.WARNING, logger="server.tls"):
+        for _ in range(3):
+            assert await code_of(tls_client(runtime, new_ca.cert)) is grpc.StatusCode.OK
+    warnings = [r for r in caplog.records if "do not load" in r.getMessage()]
+    assert len(warnings) == 1  # once per change, not per handshake
+    assert runtime.tls.reloads == 1
+
+
+async def test_the_queue_delay_probe_measures_through_its_loopback_listener(
+    start_runtime: StartRuntime, tls_client: TlsClient, tmp_path: Path
+) -> None:
+    ca = Authority(tmp_path)
+    runtime = await start_runtime(echo.build, **server_env(ca.issue("echo", server=True), ca.cert))
+    assert runtime.probe_port not in (0, runtime.grpc_port)
+    for _ in range(200):  # the probe checks every 0.1 s
+        if runtime.queue_delay.delay > 0:
+            break
+        await asyncio.sleep(0.05)
+    assert runtime.queue_delay.delay > 0
+    # The plaintext listener serves no caller: chained methods need an identity.
+    plaintext = ChannelFactory(chain=ClientChain(retry=RetryPolicy(max_attempts=1)))
+    try:
+        client = EchoServiceClient(plaintext.connect(f"127.0.0.1:{runtime.probe_port}"))
+        assert await code_of(client) is grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        await plaintext.close()
+
+
+@pytest.mark.parametrize(
+    ("settings", "variable"),
+    [
+        ({"TLS_CERT_FILE": "{cert}"}, "TLS_KEY_FILE"),
+        ({"TLS_KEY_FILE": "{key}"}, "TLS_CERT_FILE"),
+        ({"TLS_CLIENT_CA_FILE": "{ca}"}, "TLS_CLIENT_CA_FILE"),
+        ({"TLS_CERT_FILE": "{cert}", "TLS_KEY_FILE": "{missing}"}, "TLS_KEY_FILE"),
+        ({"TLS_CERT_FILE": "{cert}", "TLS_KEY_FILE": "{other_key}"}, "TLS_KEY_FILE"),
+        (
+            {"TLS_CERT_FILE": "{cert}", "TLS_KEY_FILE": "{key}", "TLS_CLIENT_CA_FILE": "{key}"},
+            "TLS_CLIENT_CA_FILE",
+        ),
+        ({"AUTHZ_RULES": "*=*"}, "AUTHZ_RULES"),
+        ({"TLS_CERT_FILE": "{cert}", "TLS_KEY_FILE": "{key}", "AUTHZ_RULES": "*=*"}, "AUTHZ_RULES"),
+    ],
+)
+def test_bad_tls_settings_name_their_variable(
+    tmp_path: Path, settings: dict[str, str], variable: str
+) -> None:
+    ca = Authority(tmp_path)
+    pair, other = ca.issue("echo", server=True), ca.issue("other")
+    names = {
+        "cert": pair.cert,
+        "key": pair.key,
+        "other_key": other.key,
+        "ca": ca.cert,
+        "missing": tmp_path / "missing.key",
+    }
+    env = {name: value.format(**names) for name, value in settings.items()}
+    with pytest.raises(ConfigError, match=rf"^{variable} ") as caught:
+        ServerConfig.from_env({"SERVICE": "accounts", **env})
+    assert "\n" not in str(caught.value)
+
+
+def test_a_rule_for_a_method_the_service_lacks_stops_the_process(tmp_path: Path) -> None:
+    ca = Authority(tmp_path)
+    grpc_port, admin_port = free_port(), free_port()
+    env = service_env(
+        "tests.support.echo:build",
+        grpc_port,
+        admin_port,
+        **server_env(ca.issue("echo", server=True), ca.cert),
+        AUTHZ_RULES="grpcplatform.testing.v1.EchoService/Echo=alice,"
+        "grpcplatform.testing.v1.EchoService/Ecoh=alice",
+    )
+    result = subprocess.run(
+        [PYTHON, "-m", "server"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == (
+        "configuration error: AUTHZ_RULES names methods this service does not serve: "
+        "grpcplatform.testing.v1.EchoService/Ecoh"
+    ), result.stderr
+    assert not port_open(grpc_port)
+    assert not port_open(admin_port)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"CLIENT_TLS_CERT": "{cert}"}, "CLIENT_TLS_KEY is required"),
+        ({"CLIENT_TLS_CERT": "{cert}", "CLIENT_TLS_KEY": "{key}"}, "CLIENT_TLS_CERT needs"),
+        (
+            {"CLIENT_TLS_ROOT_CA": "{ca}", "CLIENT_TLS_CERT": "{cert}", "CLIENT_TLS_KEY": "{ca}"},
+            "CLIENT_TLS_KEY does not load",
+        ),
+    ],
+)
+def test_bad_client_certificate_settings_name_their_variable(
+    tmp_path: Path, settings: dict[str, str], message: str
+) -> None:
+    ca = Authority(tmp_path)
+    pair = ca.issue("alice")
+    names = {"cert": pair.cert, "key": pair.key, "ca": ca.cert}
+    env = {name: value.format(**names) for name, value in settings.items()}
+    with pytest.raises(SettingsError, match=rf"^{message}"):
+        ChannelSettings.from_env(EnvReader(env))
