@@ -3,10 +3,11 @@
 Identity: grpc has verified the caller's certificate against the server's
 client CA during the TLS handshake (server.tls); this layer reads the
 result from the call's auth context. The identity is the certificate's
-SPIFFE ID (its `spiffe://` URI SAN, as service meshes and SPIRE issue them),
-else its subject common name. It is kept on the call (`call.caller`): the
-access log writes it and the rate limit counts per identity, so a caller
-cannot escape its limit by sending a new `x-client-id`.
+SPIFFE ID (its one `spiffe://` URI SAN, as service meshes and SPIRE issue
+them), else its subject common name (`caller_identity` says what is
+refused). It is kept on the call (`call.caller`): the access log writes it
+and the rate limit counts per identity, so a caller cannot escape its limit
+by sending a new `x-client-id`.
 
 Policy (`AUTHZ_RULES`): entries `pattern=caller|caller...`, where a pattern
 is `package.Service/Method`, `package.Service/*` or `*`, and a caller `*`
@@ -21,9 +22,10 @@ and one set lookup. It is not cached per connection: grpc.aio shows no
 connection identity but the peer address, which a later connection with
 another certificate can reuse.
 
-Rejections: a call without an identity (one that came through the
-runtime's plaintext loopback listener for its own probe, server.tls) is
-UNAUTHENTICATED, reason CALLER_UNAUTHENTICATED; an identity the rule does not list is
+Rejections: a call that did not come over TLS (through the runtime's
+plaintext loopback listener for its own probe, server.tls), or whose
+certificate proves no identity, is UNAUTHENTICATED, reason
+CALLER_UNAUTHENTICATED; an identity the rule does not list is
 PERMISSION_DENIED, reason CALLER_NOT_ALLOWED, with the caller and method in
 the ErrorInfo metadata (the caller's own identity: nothing internal).
 Departure: grpc's C-core authorization engine (gRFC A43) is not exposed to
@@ -34,27 +36,35 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-import grpc
-
 from interceptors.call import ServerCall
 from interceptors.errors import PermissionDenied, Unauthenticated
 
 ANY_CALLER = "*"
 SPIFFE_PREFIX = b"spiffe://"
+TLS = b"ssl"  # grpc's transport_security_type of a TLS connection
 
 
 class PolicyError(ValueError):
     """An `AUTHZ_RULES` entry does not parse."""
 
 
-def caller_identity(context: grpc.aio.ServicerContext[object, object]) -> str | None:
-    """The authenticated identity of the call's peer certificate, or None without one."""
-    auth = context.auth_context()
-    for uri in auth.get("x509_subject_alternative_name", ()):
-        if uri.startswith(SPIFFE_PREFIX):
-            return uri.decode("utf-8", "replace")
+def caller_identity(auth: Mapping[str, Iterable[bytes]]) -> str | None:
+    """The identity a verified peer certificate proves, from grpc's auth context, or None.
+
+    grpc sets `peer_spiffe_id` only for a certificate whose URI SANs are exactly one
+    SPIFFE ID. A certificate with SPIFFE URIs that do not make one proves nothing, and
+    a common name with `://` is refused, so that no DNS name, e-mail address or common
+    name can pass for a SPIFFE ID (all SPIFFE IDs contain `://`, no accepted name does).
+    """
+    spiffe_id = next(iter(auth.get("peer_spiffe_id", ())), None)
+    if spiffe_id is not None:
+        return spiffe_id.decode("utf-8", "replace")
+    if any(uri.startswith(SPIFFE_PREFIX) for uri in auth.get("peer_uri", ())):
+        return None
     name = next(iter(auth.get("x509_common_name", ())), None)
-    return None if name is None else name.decode("utf-8", "replace")
+    if name is None or b"://" in name:
+        return None
+    return name.decode("utf-8", "replace")
 
 
 class AuthorizationPolicy:
@@ -107,17 +117,28 @@ class AuthorizationPolicy:
 
 
 class AuthorizationLayer:
-    """One method's check; `begin` only (nothing to undo at the end of a call)."""
+    """One method's check; `begin` only (nothing to undo at the end of a call).
 
-    def __init__(self, full_method: str, allowed: frozenset[str] | None) -> None:
+    With TLS on, every call must have come over TLS: the runtime's plaintext
+    loopback listener for its own probe (server.tls) serves no chained method.
+    With mTLS (`identify`), the call's certificate identity must be one
+    `allowed` names (None: any)."""
+
+    def __init__(self, full_method: str, allowed: frozenset[str] | None, identify: bool) -> None:
         self.full_method = full_method
         self.allowed = allowed
+        self.identify = identify
 
     def begin(self, call: ServerCall) -> None:
-        caller = caller_identity(call.context)
+        auth = call.context.auth_context()
+        if TLS not in auth.get("transport_security_type", ()):
+            raise Unauthenticated("calls must use TLS", reason="CALLER_UNAUTHENTICATED")
+        if not self.identify:
+            return
+        caller = caller_identity(auth)
         if caller is None:
             raise Unauthenticated(
-                "a client certificate is required", reason="CALLER_UNAUTHENTICATED"
+                "the client certificate names no identity", reason="CALLER_UNAUTHENTICATED"
             )
         call.caller = caller
         if self.allowed is not None and caller not in self.allowed:

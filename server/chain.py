@@ -10,9 +10,10 @@ top to bottom before the handler, `end` bottom to top after it):
                    (no exporter: only the caller's context, no span)
 4. access log    - a JSON line per failed call, or per call (written at `end`,
                    so it sees the code)
-5. authorization - the caller's identity from its mTLS certificate, checked
-                   against the method's allowed callers (when TLS_CLIENT_CA_FILE
-                   is set; interceptors.authorization)
+5. authorization - with TLS on, only calls that came over TLS; with mTLS
+                   (TLS_CLIENT_CA_FILE), the caller's certificate identity,
+                   checked against the method's allowed callers
+                   (interceptors.authorization)
 6. deadline      - contract default when none, clamp, reject expired, the budget
 7. rate limit    - token bucket per method and caller (when configured), per
                    authenticated identity under mTLS
@@ -42,7 +43,7 @@ from opentelemetry.trace import Tracer
 from prometheus_client import CollectorRegistry
 
 from interceptors.access_log import AccessLog, CallLogging
-from interceptors.authorization import AuthorizationLayer, AuthorizationPolicy
+from interceptors.authorization import AuthorizationLayer
 from interceptors.call import Layer
 from interceptors.chain import ServerChain, Steps
 from interceptors.correlation import CorrelationLayer
@@ -67,7 +68,6 @@ def build_server_chain(
     errors: ErrorMapper,
     queue_delay: QueueDelayGate,
     application_layers: Sequence[Layer] = (),
-    authorization: AuthorizationPolicy | None = None,  # None: callers are not authenticated
 ) -> ServerChain:
     metrics = RpcMetrics(registry, "server")
     correlation = CorrelationLayer()
@@ -85,6 +85,11 @@ def build_server_chain(
     if queue_delay.on:  # else nothing measures it (server.runtime)
         metrics.queue_delay = lambda: queue_delay.delay
 
+    def authorization_of(policy: MethodPolicy) -> AuthorizationLayer:
+        rules = config.authorization  # None without client certificates: TLS only
+        allowed = None if rules is None else rules.callers_for(policy.full_method)
+        return AuthorizationLayer(policy.full_method, allowed, identify=rules is not None)
+
     def steps_for(policy: MethodPolicy) -> Steps:
         stats = metrics.for_method(policy)
         rate = config.rate_for(policy.full_method)
@@ -93,13 +98,7 @@ def build_server_chain(
             correlation=correlation,
             tracing=propagation if tracer is None else TracingLayer(tracer, policy),
             access_log=access_log,
-            authorization=(
-                None
-                if authorization is None
-                else AuthorizationLayer(
-                    policy.full_method, authorization.callers_for(policy.full_method)
-                )
-            ),
+            authorization=None if config.tls is None else authorization_of(policy),
             deadline=deadline,
             rate_limit=None if rate is None else RateLimitLayer(rate, stats),
             shedding=(

@@ -31,6 +31,11 @@ from server.health import LIVENESS
 CHECK = "/grpc.health.v1.Health/Check"
 
 
+def loopback_of(listen_host: str) -> str:
+    """The loopback address of the listener's address family."""
+    return "::1" if ":" in listen_host else "127.0.0.1"
+
+
 def loopback_host(listen_host: str) -> str:
     """The host the server itself reaches its listener at."""
     if listen_host in ("0.0.0.0", ""):

@@ -31,7 +31,7 @@ from server.config import ConfigError, ServerConfig
 from server.dispatch import MethodTable
 from server.event_loop import EventLoopCpu, loop_name
 from server.health import HealthState
-from server.queue_probe import QueueProbe, loopback_host
+from server.queue_probe import QueueProbe, loopback_host, loopback_of
 from server.reflection import enable_reflection
 from server.tls import ServerTls
 from server.tracing import exporting, tracer_provider
@@ -92,7 +92,6 @@ class Runtime:
             application.errors,
             self.queue_delay,
             application.interceptors,
-            config.authorization,
         )
         table = MethodTable()
         for servicer in application.servicers:
@@ -138,13 +137,14 @@ class Runtime:
 
     async def start(self) -> None:
         address = host_port(self.config.grpc_host, self.config.grpc_port)
-        probe_host = loopback_host(self.config.grpc_host)
+        probe_host = loopback_host(self.config.grpc_host)  # where the probe reaches us
         try:
             if self.tls is None:
                 self.grpc_port = self.server.add_insecure_port(address)
             else:
                 self.grpc_port = self.server.add_secure_port(address, self.tls.credentials())
-                if self.queue_delay.on:
+                if self.queue_delay.on:  # plaintext: on loopback only, whatever GRPC_HOST is
+                    probe_host = loopback_of(self.config.grpc_host)
                     self.probe_port = self.server.add_insecure_port(host_port(probe_host, 0))
         except RuntimeError:
             raise StartupError(f"cannot listen for gRPC on {address} (GRPC_PORT)") from None

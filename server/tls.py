@@ -8,23 +8,24 @@ certificate matches its key, the CA file parses), so a bad file stops the
 process with one line naming its variable, not a failed handshake later.
 
 Rotation without a restart: grpc's dynamic server credentials ask
-`ServerTls.refresh` before each new handshake; it looks at the files'
-modification times and, when one changed (cert-manager rewrites the mounted
-Secret before the certificate expires), loads them again. Connections already
-open keep the session they made. A set of files that does not load (caught
-half-written) is skipped, the previous certificate is kept, and a warning is
-logged once; the next change of the files is tried again.
+`ServerTls.refresh` before each new handshake; it reads the files (a few KB,
+once per connection) and, when their bytes changed (cert-manager renews the
+certificate, and the kubelet swaps the mounted Secret's files), checks and
+serves them. Connections already open keep the session they made. Files
+that do not load are skipped with one warning, and the previous certificate
+stays served; files that change while being checked are looked at again at
+the next handshake, so a half-written set is never served.
 
-The runtime's own queue-delay probe (server.queue_probe) cannot present a
+The runtime's own queue-delay probe (server.queue_probe) can present no
 client certificate; with TLS on, it reaches the server on a plaintext
-listener of its own bound to loopback, where a call to any chained method
-finds no caller identity and is refused UNAUTHENTICATED when mTLS is on.
+listener of its own, bound to loopback whatever GRPC_HOST is. Health and
+reflection answer there (to processes of the pod only); every chained method
+refuses a call that did not come over TLS (interceptors.authorization).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,10 +92,16 @@ class TlsFiles:
             named.append(("TLS_CLIENT_CA_FILE", self.client_ca))
         return named
 
-    def stamp(self) -> tuple[int, ...]:
-        """Changes when any of the files is rewritten (or replaced, as a Secret volume's
-        symlink swap does)."""
-        return tuple(os.stat(path).st_mtime_ns for _, path in self._named())
+    def contents(self) -> tuple[bytes, ...]:
+        """The files' bytes, b"" for one that cannot be read. Reloads compare these, not
+        modification times, which a coarse clock can repeat for a rewrite."""
+        read = []
+        for _, path in self._named():
+            try:
+                read.append(path.read_bytes())
+            except OSError:
+                read.append(b"")
+        return tuple(read)
 
 
 class ServerTls:
@@ -102,43 +109,45 @@ class ServerTls:
 
     def __init__(self, files: TlsFiles) -> None:
         self.files = files
-        self.loaded = files.stamp()
-        self.rejected: tuple[int, ...] | None = None  # files that failed to load, as stamped
+        self.loaded = files.contents()
+        self.rejected: tuple[bytes, ...] | None = None  # files that did not load
         self.reloads = 0
 
     @property
     def mode(self) -> str:
         return "tls" if self.files.client_ca is None else "mtls"
 
-    def _configuration(self) -> grpc.ServerCertificateConfiguration:
-        files = self.files
+    @staticmethod
+    def _configuration(contents: tuple[bytes, ...]) -> grpc.ServerCertificateConfiguration:
+        cert, key, *client_ca = contents
         return grpc.ssl_server_certificate_configuration(
-            [(files.key.read_bytes(), files.cert.read_bytes())],
-            root_certificates=files.client_ca.read_bytes() if files.client_ca else None,
+            [(key, cert)], root_certificates=client_ca[0] if client_ca else None
         )
 
     def credentials(self) -> grpc.ServerCredentials:
         return grpc.dynamic_ssl_server_credentials(
-            self._configuration(),
+            self._configuration(self.loaded),
             self.refresh,  # type: ignore[arg-type]  # grpc documents None as "no change"
             require_client_authentication=self.files.client_ca is not None,
         )
 
     def refresh(self) -> grpc.ServerCertificateConfiguration | None:
         """Called by grpc before a handshake: a new configuration, or None for no change.
-        It must not raise (grpc would fail the handshake)."""
-        stamp: tuple[int, ...] | None = None
-        try:
-            stamp = self.files.stamp()
-            if stamp in (self.loaded, self.rejected):
-                return None
-            self.files.verify()
-            configuration = self._configuration()
-        except (TlsFileError, OSError) as error:
-            self.rejected = stamp  # warned once per change of the files, not per handshake
-            _log.warning("TLS files changed but do not load; keeping the previous ones: %s", error)
+        grpc would log an exception and keep the previous credentials; this does the
+        same without one."""
+        seen = self.files.contents()
+        if seen in (self.loaded, self.rejected):
             return None
-        self.loaded = stamp
+        try:
+            self.files.verify()
+        except TlsFileError as error:
+            if self.files.contents() == seen:  # else still being written: next handshake
+                self.rejected = seen  # warned once per change of the files
+                _log.warning("TLS files changed but do not load; keeping the previous: %s", error)
+            return None
+        if self.files.contents() != seen:
+            return None  # changed while checked: what was checked is not what is there
+        self.loaded = seen
         self.reloads += 1
         _log.info("TLS certificate reloaded", extra={"tls_cert_file": str(self.files.cert)})
-        return configuration
+        return self._configuration(seen)

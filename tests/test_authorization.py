@@ -4,13 +4,16 @@ the rules as pure logic, then real calls with real certificates on loopback."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import subprocess
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
+from cryptography import x509
 from google.rpc import error_details_pb2 as details_pb2
 
 from clients.chain import ClientChain
@@ -23,6 +26,7 @@ from interceptors.retry import RetryPolicy
 from ledger.v1 import accounts_pb2, transfers_pb2
 from ledger.v1.accounts_platform import AccountsClient
 from ledger.v1.transfers_platform import TransfersClient
+from server.queue_probe import loopback_of
 from tests.conftest import StartRuntime, TlsClient
 from tests.support import echo
 from tests.support.certs import Authority, Pair
@@ -30,10 +34,11 @@ from tests.support.moto import Moto
 from tests.support.net import BIN, running_service
 from tests.test_ledger_dynamo import Ledger, eur, failure, rid
 from tests.test_metrics import scrape, value
-from tests.test_tls import code_of, server_env
+from tests.test_tls import code_of, code_off_tls, server_env
 
 ECHO_SERVICE = "grpcplatform.testing.v1.EchoService"
 TRANSFERS_ID = "spiffe://ledger.test/ns/ledger/sa/transfers"
+OTHER = "spiffe://ledger.test/ns/ledger/sa/mallory"
 RULES = f"{ECHO_SERVICE}/Echo=alice|{TRANSFERS_ID},{ECHO_SERVICE}/*=ops"
 
 
@@ -107,8 +112,10 @@ async def test_each_method_admits_exactly_the_callers_its_rule_names(
         tls_client(runtime, ca.cert, ca.issue("alice")),
         tls_client(runtime, ca.cert, ca.issue("ops")),
     )
-    # Common name "ops", but a SPIFFE ID: the SPIFFE ID is who it is.
-    transfers = tls_client(runtime, ca.cert, ca.issue("ops-too", spiffe_id=TRANSFERS_ID))
+    # Common name "ops", but a SPIFFE ID: the SPIFFE ID is who it is (Expand, which "ops"
+    # may call, is denied to it below).
+    svid = Pair(ca.directory / "svid.crt", ca.directory / "svid.key")
+    transfers = tls_client(runtime, ca.cert, ca.issue("ops", spiffe_id=TRANSFERS_ID, into=svid))
     ok, denied = grpc.StatusCode.OK, grpc.StatusCode.PERMISSION_DENIED
 
     with caplog.at_level(logging.INFO, logger="grpc.access"):
@@ -130,6 +137,62 @@ async def test_each_method_admits_exactly_the_callers_its_rule_names(
     handled = "grpc_server_handled_total"
     assert value(samples, handled, **labels, grpc_code="PermissionDenied") == 2
     assert value(samples, handled, **labels, grpc_code="OK") == 2
+
+
+@pytest.mark.parametrize(
+    ("common_name", "names", "expected"),
+    [
+        # A SPIFFE ID anywhere but in the one URI SAN proves nothing of it.
+        ("mallory", [x509.DNSName(TRANSFERS_ID)], grpc.StatusCode.PERMISSION_DENIED),
+        ("mallory", [x509.RFC822Name(TRANSFERS_ID)], grpc.StatusCode.PERMISSION_DENIED),
+        (TRANSFERS_ID, [], grpc.StatusCode.UNAUTHENTICATED),
+        (
+            "alice",  # two SPIFFE IDs make none, and the common name does not stand in
+            [x509.UniformResourceIdentifier(TRANSFERS_ID), x509.UniformResourceIdentifier(OTHER)],
+            grpc.StatusCode.UNAUTHENTICATED,
+        ),
+        ("alice", [x509.UniformResourceIdentifier(OTHER)], grpc.StatusCode.PERMISSION_DENIED),
+        ("mallory", [x509.UniformResourceIdentifier(TRANSFERS_ID)], grpc.StatusCode.OK),
+    ],
+)
+async def test_an_identity_is_claimed_only_where_it_can_be_proven(
+    start_runtime: StartRuntime,
+    tls_client: TlsClient,
+    ca: Authority,
+    common_name: str,
+    names: list[x509.GeneralName],
+    expected: grpc.StatusCode,
+) -> None:
+    runtime = await start_runtime(
+        echo.build, **server_env(ca.issue("echo", server=True), ca.cert), AUTHZ_RULES=RULES
+    )
+    pair = Pair(ca.directory / "claim.crt", ca.directory / "claim.key")
+    client = tls_client(runtime, ca.cert, ca.issue(common_name, names=names, into=pair))
+    assert await code_of(client) is expected
+
+
+async def test_with_tls_only_no_method_answers_off_tls(
+    start_runtime: StartRuntime, tls_client: TlsClient, ca: Authority
+) -> None:
+    """No client certificates asked, so no identity: still, the probe's plaintext listener
+    must not become a way around TLS."""
+    runtime = await start_runtime(
+        echo.build, **server_env(ca.issue("echo", server=True)), GRPC_HOST="0.0.0.0"
+    )
+    assert await code_of(tls_client(runtime, ca.cert)) is grpc.StatusCode.OK
+    (listener,) = [
+        c.laddr
+        for c in psutil.net_connections("tcp")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == runtime.probe_port
+    ]
+    address = ipaddress.ip_address(listener.ip)  # grpc binds IPv6 sockets, v4 mapped
+    assert (getattr(address, "ipv4_mapped", None) or address).is_loopback  # not every interface
+    assert await code_off_tls(runtime) is grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_the_probe_listener_is_on_the_loopback_of_the_listeners_family() -> None:
+    assert loopback_of("0.0.0.0") == loopback_of("10.1.2.3") == "127.0.0.1"
+    assert loopback_of("::") == loopback_of("fd00::5") == "::1"
 
 
 async def test_the_rate_limit_counts_the_proven_identity_not_the_declared_one(

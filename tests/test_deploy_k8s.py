@@ -453,6 +453,9 @@ def test_callers_prove_who_they_are_and_only_transfers_moves_money(
     configs = {c["metadata"]["name"]: c["data"] for c in of_kind(docs, "ConfigMap")}
     issuers = {i["metadata"]["name"]: i for i in of_kind(docs, "Issuer")}
     accounts, transfers = certificate_of(docs, "accounts"), certificate_of(docs, "transfers")
+    # One CA for both, whose key survives its renewal: each side trusts the CA
+    # certificate in its own Secret, and the two Secrets are renewed apart.
+    assert accounts["spec"]["issuerRef"] == transfers["spec"]["issuerRef"]
     for certificate in (accounts, transfers):
         issuer = issuers[certificate["spec"]["issuerRef"]["name"]]
         (ca,) = [  # the issuer signs with a CA certificate cert-manager keeps
@@ -461,6 +464,7 @@ def test_callers_prove_who_they_are_and_only_transfers_moves_money(
             if c["spec"]["secretName"] == issuer["spec"]["ca"]["secretName"]
         ]
         assert ca["spec"]["isCA"] is True
+        assert ca["spec"]["privateKey"]["rotationPolicy"] == "Never"
         assert "server auth" in certificate["spec"]["usages"]
         assert configs[f"{certificate['metadata']['labels']['app.kubernetes.io/name']}-config"][
             "TLS_CLIENT_CA_FILE"

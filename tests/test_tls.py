@@ -18,9 +18,10 @@ from grpcplatform.testing.v1 import echo_pb2 as pb
 from grpcplatform.testing.v1.echo_platform import EchoServiceClient
 from interceptors.retry import RetryPolicy
 from server.config import ConfigError, EnvReader, ServerConfig
+from server.runtime import Runtime
 from tests.conftest import StartRuntime, TlsClient
 from tests.support import echo
-from tests.support.certs import Authority, Pair
+from tests.support.certs import Authority, Pair, SecretVolume
 from tests.support.net import PYTHON, ROOT, free_port, port_open, service_env
 
 
@@ -73,26 +74,31 @@ async def test_a_rotated_certificate_is_served_to_new_connections_without_a_rest
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     old_ca, new_ca = Authority(tmp_path, "old-ca"), Authority(tmp_path, "new-ca")
-    served = old_ca.issue("echo", server=True)
-    runtime = await start_runtime(echo.build, **server_env(served))
+    volume = SecretVolume(tmp_path / "grpc-tls")
+    volume.publish(old_ca.issue("echo", server=True))
+    runtime = await start_runtime(echo.build, **server_env(volume.pair))
     kept = tls_client(runtime, old_ca.cert)
     assert await code_of(kept) is grpc.StatusCode.OK
 
-    new_ca.issue("echo", server=True, into=served)  # as cert-manager renews the Secret
+    volume.publish(new_ca.issue("echo", server=True))  # renewed: the kubelet swaps the files
     assert await code_of(tls_client(runtime, new_ca.cert)) is grpc.StatusCode.OK
     assert await code_of(tls_client(runtime, old_ca.cert)) is grpc.StatusCode.UNAVAILABLE
     assert await code_of(kept) is grpc.StatusCode.OK  # an open connection keeps its session
     assert runtime.tls is not None
     assert runtime.tls.reloads == 1
 
-    # Caught half-written: the key no longer matches. The last good pair stays served.
-    await asyncio.sleep(0.01)  # a later modification time than the renewal's
-    served.key.write_bytes(b"-----BEGIN PRIVATE KEY-----\ntruncated")
+    # A key that no longer matches, then no key at all: the last good pair stays served,
+    # with one warning per change of the files, not one per handshake.
     with caplog.at_level(logging.WARNING, logger="server.tls"):
+        volume.pair.key.write_bytes(b"-----BEGIN PRIVATE KEY-----\ntruncated")
         for _ in range(3):
             assert await code_of(tls_client(runtime, new_ca.cert)) is grpc.StatusCode.OK
-    warnings = [r for r in caplog.records if "do not load" in r.getMessage()]
-    assert len(warnings) == 1  # once per change, not per handshake
+        volume.pair.key.resolve().unlink()
+        for _ in range(3):
+            assert await code_of(tls_client(runtime, new_ca.cert)) is grpc.StatusCode.OK
+    warnings = [r.getMessage() for r in caplog.records if "do not load" in r.getMessage()]
+    assert len(warnings) == 2, warnings
+    assert "TLS_KEY_FILE names no readable file" in warnings[1]
     assert runtime.tls.reloads == 1
 
 
@@ -107,11 +113,16 @@ async def test_the_queue_delay_probe_measures_through_its_loopback_listener(
             break
         await asyncio.sleep(0.05)
     assert runtime.queue_delay.delay > 0
-    # The plaintext listener serves no caller: chained methods need an identity.
+    assert await code_off_tls(runtime) is grpc.StatusCode.UNAUTHENTICATED
+
+
+async def code_off_tls(runtime: Runtime) -> grpc.StatusCode:
+    """What Echo answers through the probe's plaintext listener: chained methods must not."""
     plaintext = ChannelFactory(chain=ClientChain(retry=RetryPolicy(max_attempts=1)))
     try:
-        client = EchoServiceClient(plaintext.connect(f"127.0.0.1:{runtime.probe_port}"))
-        assert await code_of(client) is grpc.StatusCode.UNAUTHENTICATED
+        return await code_of(
+            EchoServiceClient(plaintext.connect(f"127.0.0.1:{runtime.probe_port}"))
+        )
     finally:
         await plaintext.close()
 

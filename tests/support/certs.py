@@ -3,13 +3,16 @@
 Certificates are made per test, valid for a day, ECDSA P-256 like
 cert-manager's default for ECDSA issuers. A server certificate names
 `localhost` and 127.0.0.1; a client certificate has a common name and, when
-asked, a SPIFFE ID as its URI SAN.
+asked, a SPIFFE ID as its URI SAN. `SecretVolume` lays files out as a
+mounted Kubernetes Secret and updates them as the kubelet does.
 """
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,10 +59,12 @@ class Authority:
         server: bool = False,
         client: bool | None = None,
         spiffe_id: str | None = None,
+        names: Sequence[x509.GeneralName] = (),
         into: Pair | None = None,
     ) -> Pair:
         """A certificate for `common_name`, written to `into` (rotation) or new files:
-        a server's, a client's (the default), or both (a service that also calls)."""
+        a server's, a client's (the default), or both (a service that also calls);
+        `names` are more subject alternative names (hostile certificates)."""
         usages = [ExtendedKeyUsageOID.SERVER_AUTH] if server else []
         if client if client is not None else not server:
             usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
@@ -76,16 +81,16 @@ class Authority:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         )
-        names: list[x509.GeneralName] = []
+        sans = list(names)
         if server:
-            names += [
+            sans += [
                 x509.DNSName("localhost"),
                 x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
             ]
         if spiffe_id:
-            names.append(x509.UniformResourceIdentifier(spiffe_id))
-        if names:
-            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+            sans.append(x509.UniformResourceIdentifier(spiffe_id))
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         certificate = builder.sign(self._key, hashes.SHA256())
         pair = into or Pair(
             self.directory / f"{common_name}.crt", self.directory / f"{common_name}.key"
@@ -99,3 +104,28 @@ class Authority:
         )
         pair.cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
         return pair
+
+
+class SecretVolume:
+    """A directory laid out as the kubelet mounts a Secret: each key a symlink through
+    `..data` to a directory of the current version, which an update replaces with one
+    atomic rename (the kubelet's AtomicWriter)."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir()
+        self.directory = directory
+        self.pair = Pair(directory / "tls.crt", directory / "tls.key")
+        self._versions = 0
+
+    def publish(self, pair: Pair) -> None:
+        self._versions += 1
+        version = self.directory / f"..version-{self._versions}"
+        version.mkdir()
+        (version / "tls.crt").write_bytes(pair.cert.read_bytes())
+        (version / "tls.key").write_bytes(pair.key.read_bytes())
+        staged = self.directory / "..data_tmp"
+        staged.symlink_to(version.name)
+        os.replace(staged, self.directory / "..data")
+        for path in (self.pair.cert, self.pair.key):
+            if not path.is_symlink():
+                path.symlink_to(Path("..data") / path.name)
