@@ -86,6 +86,7 @@ bench-tools:
 bench: setup bench-tools
 	$(PY) -m bench.server_bench
 	$(PY) -m bench.client_bench
+	$(PY) -m bench.tls_bench
 	$(PY) -m bench.ledger_bench
 
 run: setup

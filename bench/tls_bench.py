@@ -1,0 +1,168 @@
+"""`make bench`, TLS: what TLS and mTLS with authorization cost the server chain per call.
+
+Three `python -m server` processes serve the test Echo service with every
+default layer: plaintext, TLS (server certificate only) and mTLS with an
+`AUTHZ_RULES` rule for Echo (client certificates, the caller's identity read
+per call and checked). Certificates are made for the run (tests.support.certs).
+h2load cannot present a client certificate, so the load is grpcio's generated
+stub in this process: CONCURRENCY tasks on one channel per server, the same
+stub code for the three, so the client's cost does not differ between them.
+
+What is compared is each server's CPU time per call (all its threads, from
+/proc), which the shared machine's speed moves less than calls/s; calls/s is
+printed beside it. Rounds run the three servers back to back, the order
+reversed every other round (bench.server_bench.round_order); the median of
+the rounds is reported. Connections are made once and kept, as a service's
+clients keep theirs (`GRPC_MAX_CONNECTION_AGE_SECONDS` 300), so the
+handshakes are not part of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import psutil
+
+from bench.cpu import cpu_seconds
+from bench.server_bench import OUT, machine, round_order
+from grpcplatform.testing.v1 import echo_pb2, echo_pb2_grpc
+from tests.support.certs import Authority, Pair
+from tests.support.net import PYTHON, ROOT, free_port, poll, ready_status, service_env
+
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+DURATION = float(os.environ.get("BENCH_SECONDS", "5"))
+CONCURRENCY = 32
+REQUEST = echo_pb2.EchoRequest(message="hello")
+ECHO = "grpcplatform.testing.v1.EchoService/Echo"
+MODES = ("plaintext", "tls", "mtls")
+
+
+@dataclass
+class Server:
+    mode: str
+    process: subprocess.Popen[bytes]
+    grpc_port: int
+    channel: grpc.aio.Channel | None = None
+    calls_per_second: list[float] = field(default_factory=list)
+    cpu_us_per_call: list[float] = field(default_factory=list)
+
+
+def settings(mode: str, server: Pair, ca: Path) -> dict[str, str]:
+    if mode == "plaintext":
+        return {}
+    tls = {"TLS_CERT_FILE": str(server.cert), "TLS_KEY_FILE": str(server.key)}
+    if mode == "mtls":
+        tls |= {"TLS_CLIENT_CA_FILE": str(ca), "AUTHZ_RULES": f"{ECHO}=bench"}
+    return tls
+
+
+def channel_to(server: Server, ca: Authority, client: Pair) -> grpc.aio.Channel:
+    target = f"127.0.0.1:{server.grpc_port}"
+    if server.mode == "plaintext":
+        return grpc.aio.insecure_channel(target)
+    identity = (client.key.read_bytes(), client.cert.read_bytes()) if server.mode == "mtls" else ()
+    credentials = grpc.ssl_channel_credentials(ca.cert.read_bytes(), *identity)
+    return grpc.aio.secure_channel(target, credentials)
+
+
+async def drive(server: Server, seconds: float) -> None:
+    """CONCURRENCY tasks calling Echo for `seconds`; the server's CPU per call recorded."""
+    assert server.channel is not None
+    stub = echo_pb2_grpc.EchoServiceStub(server.channel)
+    process = psutil.Process(server.process.pid)
+    stop = time.monotonic() + seconds
+    counts = [0] * CONCURRENCY
+
+    async def worker(index: int) -> None:
+        while time.monotonic() < stop:
+            await stub.Echo(REQUEST, timeout=5)
+            counts[index] += 1
+
+    cpu, started = cpu_seconds(process), time.monotonic()
+    await asyncio.gather(*(worker(i) for i in range(CONCURRENCY)))
+    calls = sum(counts)
+    server.calls_per_second.append(calls / (time.monotonic() - started))
+    server.cpu_us_per_call.append((cpu_seconds(process) - cpu) / calls * 1e6)
+
+
+async def measure(servers: list[Server], ca: Authority, client: Pair) -> None:
+    for server in servers:
+        server.channel = channel_to(server, ca, client)
+        await drive(server, 1)  # connect and warm up
+        server.calls_per_second.clear()
+        server.cpu_us_per_call.clear()
+    for index in range(ROUNDS):
+        for mode in round_order(list(MODES), index):
+            server = next(s for s in servers if s.mode == mode)
+            await drive(server, DURATION)
+            print(
+                f"  round {index + 1} {mode:9}: {server.calls_per_second[-1]:7.0f} calls/s, "
+                f"{server.cpu_us_per_call[-1]:6.0f} us of server CPU per call",
+                flush=True,
+            )
+    for server in servers:
+        assert server.channel is not None
+        await server.channel.close(None)
+
+
+def start(mode: str, server: Pair, ca: Path) -> Server:
+    grpc_port, admin_port = free_port(), free_port()
+    env = service_env(
+        "tests.support.echo:build", grpc_port, admin_port, **settings(mode, server, ca)
+    )
+    with (OUT / f"tls-{mode}.log").open("wb") as log:
+        process = subprocess.Popen(
+            [PYTHON, "-m", "server"], cwd=ROOT, env=env, stdout=log, stderr=log
+        )
+    poll(lambda: (ready_status(admin_port) or (0,))[0] == 200, 30, f"the {mode} server")
+    return Server(mode, process, grpc_port)
+
+
+def main() -> int:
+    OUT.mkdir(parents=True, exist_ok=True)
+    servers: list[Server] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        ca = Authority(Path(scratch), "bench-ca")
+        server_pair, client = ca.issue("echo", server=True), ca.issue("bench")
+        try:
+            for mode in MODES:
+                servers.append(start(mode, server_pair, ca.cert))
+            asyncio.run(measure(servers, ca, client))
+        finally:
+            for server in servers:
+                server.process.terminate()
+                server.process.wait(30)
+    result: dict[str, object] = {
+        s.mode: {"calls_per_second": s.calls_per_second, "cpu_us_per_call": s.cpu_us_per_call}
+        for s in servers
+    }
+    cpu = {s.mode: statistics.median(s.cpu_us_per_call) for s in servers}
+    rps = {s.mode: statistics.median(s.calls_per_second) for s in servers}
+    result["machine"] = machine()
+    result["load"] = f"{CONCURRENCY} concurrent calls on one connection, {ROUNDS} x {DURATION:g} s"
+    (OUT / "tls.json").write_text(json.dumps(result, indent=2))
+    print()
+    print(f"TLS benchmark, the full chain ({result['load']}; {result['machine']})")
+    print("| | plaintext | TLS | mTLS + authorization |")
+    print("| --- | --- | --- | --- |")
+    print(f"| calls/s | {rps['plaintext']:.0f} | {rps['tls']:.0f} | {rps['mtls']:.0f} |")
+    print(
+        f"| server CPU per call | {cpu['plaintext']:.0f} us | {cpu['tls']:.0f} us "
+        f"({cpu['tls'] / cpu['plaintext']:.2f}x) | {cpu['mtls']:.0f} us "
+        f"({cpu['mtls'] / cpu['plaintext']:.2f}x) |"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
