@@ -5,12 +5,14 @@ default layer: plaintext, TLS (server certificate only) and mTLS with an
 `AUTHZ_RULES` rule for Echo (client certificates, the caller's identity read
 per call and checked). Certificates are made for the run (tests.support.certs).
 h2load cannot present a client certificate, so the load is grpcio's generated
-stub in this process: CONCURRENCY tasks on one channel per server, the same
-stub code for the three, so the client's cost does not differ between them.
+stub in this process: CONCURRENCY tasks on one channel per server. The
+client pays for TLS too, and one Python process is likely the bottleneck, so
+calls/s says little about the servers.
 
 What is compared is each server's CPU time per call (all its threads, from
-/proc), which the shared machine's speed moves less than calls/s; calls/s is
-printed beside it. Rounds run the three servers back to back, the order
+/proc). It includes what a server spends per second whatever its load (the
+queue-delay probe, idle wake-ups), spread over its calls: a server that got
+fewer calls shows a little more per call. Rounds run the three servers back to back, the order
 reversed every other round (bench.server_bench.round_order); the median of
 the rounds is reported. Connections are made once and kept, as a service's
 clients keep theirs (`GRPC_MAX_CONNECTION_AGE_SECONDS` 300), so the
@@ -124,8 +126,27 @@ def start(mode: str, server: Pair, ca: Path) -> Server:
         process = subprocess.Popen(
             [PYTHON, "-m", "server"], cwd=ROOT, env=env, stdout=log, stderr=log
         )
-    poll(lambda: (ready_status(admin_port) or (0,))[0] == 200, 30, f"the {mode} server")
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"the {mode} server exited: see {OUT / f'tls-{mode}.log'}")
+        return (ready_status(admin_port) or (0,))[0] == 200
+
+    try:
+        poll(ready, 30, f"the {mode} server")
+    except BaseException:
+        stop(process)
+        raise
     return Server(mode, process, grpc_port)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def main() -> int:
@@ -140,8 +161,7 @@ def main() -> int:
             asyncio.run(measure(servers, ca, client))
         finally:
             for server in servers:
-                server.process.terminate()
-                server.process.wait(30)
+                stop(server.process)
     result: dict[str, object] = {
         s.mode: {"calls_per_second": s.calls_per_second, "cpu_us_per_call": s.cpu_us_per_call}
         for s in servers

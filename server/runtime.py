@@ -33,7 +33,7 @@ from server.event_loop import EventLoopCpu, loop_name
 from server.health import HealthState
 from server.queue_probe import QueueProbe, loopback_host, loopback_of
 from server.reflection import enable_reflection
-from server.tls import ServerTls
+from server.tls import ServerTls, TlsFileError
 from server.tracing import exporting, tracer_provider
 
 _log = logging.getLogger(__name__)
@@ -118,7 +118,10 @@ class Runtime:
                 raise ConfigError(
                     f"AUTHZ_RULES names methods this service does not serve: {', '.join(unmatched)}"
                 )
-        self.tls = None if config.tls is None else ServerTls(config.tls)
+        try:  # checked again: the files may have changed since the configuration was read
+            self.tls = None if config.tls is None else ServerTls(config.tls)
+        except TlsFileError as error:
+            raise ConfigError(str(error)) from None
         # One generic handler for every method, none registered (server.dispatch says why).
         self.server = grpc.aio.server(handlers=[table], options=config.grpc_options())
         self.grpc_port = 0
@@ -143,11 +146,18 @@ class Runtime:
                 self.grpc_port = self.server.add_insecure_port(address)
             else:
                 self.grpc_port = self.server.add_secure_port(address, self.tls.credentials())
-                if self.queue_delay.on:  # plaintext: on loopback only, whatever GRPC_HOST is
-                    probe_host = loopback_of(self.config.grpc_host)
-                    self.probe_port = self.server.add_insecure_port(host_port(probe_host, 0))
         except RuntimeError:
             raise StartupError(f"cannot listen for gRPC on {address} (GRPC_PORT)") from None
+        if self.tls is not None and self.queue_delay.on:
+            # The probe's own listener, plaintext: on loopback only, whatever GRPC_HOST is.
+            probe_host = loopback_of(self.config.grpc_host)
+            try:
+                self.probe_port = self.server.add_insecure_port(host_port(probe_host, 0))
+            except RuntimeError:
+                raise StartupError(
+                    f"cannot listen on {probe_host} for the queue-delay probe (GRPC_HOST, "
+                    "or SHED_QUEUE_DELAY_SECONDS=0 for no probe)"
+                ) from None
         await self.server.start()
         try:
             await self.admin.start()

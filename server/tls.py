@@ -36,11 +36,13 @@ _log = logging.getLogger(__name__)
 
 
 class TlsFileError(ValueError):
-    """A TLS file is missing or does not load; `variable` names its setting."""
+    """A TLS file is missing or does not load; `variable` names its setting. `lasting`:
+    its content is at fault (not a missing file or a failed read, which may pass)."""
 
-    def __init__(self, variable: str, message: str) -> None:
+    def __init__(self, variable: str, message: str, lasting: bool = True) -> None:
         super().__init__(f"{variable} {message}")
         self.variable = variable
+        self.lasting = lasting
 
 
 @dataclass(frozen=True)
@@ -70,20 +72,26 @@ class TlsFiles:
     def verify(self) -> None:
         for variable, path in self._named():
             if not path.is_file():
-                raise TlsFileError(variable, f"names no readable file: {str(path)!r}")
+                raise TlsFileError(
+                    variable, f"names no readable file: {str(path)!r}", lasting=False
+                )
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         try:
             context.load_cert_chain(self.cert, self.key)
-        except (ssl.SSLError, OSError) as error:
+        except OSError as error:  # ssl.SSLError is one: the content is at fault
             raise TlsFileError(
-                "TLS_KEY_FILE", f"does not load with TLS_CERT_FILE as a PEM pair: {error}"
+                "TLS_KEY_FILE",
+                f"does not load with TLS_CERT_FILE as a PEM pair: {error}",
+                lasting=isinstance(error, ssl.SSLError),
             ) from None
         if self.client_ca is not None:
             try:
                 context.load_verify_locations(cafile=self.client_ca)
-            except (ssl.SSLError, OSError) as error:
+            except OSError as error:
                 raise TlsFileError(
-                    "TLS_CLIENT_CA_FILE", f"is not a PEM CA certificate: {error}"
+                    "TLS_CLIENT_CA_FILE",
+                    f"is not a PEM CA certificate: {error}",
+                    lasting=isinstance(error, ssl.SSLError),
                 ) from None
 
     def _named(self) -> list[tuple[str, Path]]:
@@ -109,13 +117,24 @@ class ServerTls:
 
     def __init__(self, files: TlsFiles) -> None:
         self.files = files
-        self.loaded = files.contents()
-        self.rejected: tuple[bytes, ...] | None = None  # files that did not load
+        self.loaded = self._checked()
+        self.rejected: tuple[bytes, ...] | None = None  # files whose content does not load
+        self.warned: tuple[bytes, ...] | None = None  # files last warned about
         self.reloads = 0
 
     @property
     def mode(self) -> str:
         return "tls" if self.files.client_ca is None else "mtls"
+
+    def _checked(self) -> tuple[bytes, ...]:
+        """The files' bytes, as read before and after they were verified: what is
+        served is what was checked. Raises TlsFileError."""
+        for _ in range(3):
+            seen = self.files.contents()
+            self.files.verify()
+            if self.files.contents() == seen:
+                return seen
+        raise TlsFileError("TLS_CERT_FILE", "kept changing while it was checked", lasting=False)
 
     @staticmethod
     def _configuration(contents: tuple[bytes, ...]) -> grpc.ServerCertificateConfiguration:
@@ -134,20 +153,22 @@ class ServerTls:
     def refresh(self) -> grpc.ServerCertificateConfiguration | None:
         """Called by grpc before a handshake: a new configuration, or None for no change.
         grpc would log an exception and keep the previous credentials; this does the
-        same without one."""
+        same without one. Files whose content does not load are not looked at again
+        until they change; a missing file or a failed read is tried again at the next
+        handshake. Either is warned about once per content of the files."""
         seen = self.files.contents()
         if seen in (self.loaded, self.rejected):
             return None
         try:
-            self.files.verify()
+            checked = self._checked()
         except TlsFileError as error:
-            if self.files.contents() == seen:  # else still being written: next handshake
-                self.rejected = seen  # warned once per change of the files
+            if error.lasting and self.files.contents() == seen:
+                self.rejected = seen
+            if self.warned != seen:
+                self.warned = seen
                 _log.warning("TLS files changed but do not load; keeping the previous: %s", error)
             return None
-        if self.files.contents() != seen:
-            return None  # changed while checked: what was checked is not what is there
-        self.loaded = seen
+        self.loaded = checked
         self.reloads += 1
         _log.info("TLS certificate reloaded", extra={"tls_cert_file": str(self.files.cert)})
-        return self._configuration(seen)
+        return self._configuration(checked)

@@ -7,6 +7,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import socket
 import subprocess
 from pathlib import Path
 
@@ -175,11 +176,10 @@ async def test_with_tls_only_no_method_answers_off_tls(
     start_runtime: StartRuntime, tls_client: TlsClient, ca: Authority
 ) -> None:
     """No client certificates asked, so no identity: still, the probe's plaintext listener
-    must not become a way around TLS."""
+    must not become a way around TLS, nor listen where GRPC_HOST does."""
     runtime = await start_runtime(
-        echo.build, **server_env(ca.issue("echo", server=True)), GRPC_HOST="0.0.0.0"
+        echo.build, **server_env(ca.issue("echo", server=True)), GRPC_HOST=interface_address()
     )
-    assert await code_of(tls_client(runtime, ca.cert)) is grpc.StatusCode.OK
     (listener,) = [
         c.laddr
         for c in psutil.net_connections("tcp")
@@ -188,6 +188,15 @@ async def test_with_tls_only_no_method_answers_off_tls(
     address = ipaddress.ip_address(listener.ip)  # grpc binds IPv6 sockets, v4 mapped
     assert (getattr(address, "ipv4_mapped", None) or address).is_loopback  # not every interface
     assert await code_off_tls(runtime) is grpc.StatusCode.UNAUTHENTICATED
+
+
+def interface_address() -> str:
+    """An IPv4 address of this machine that is not loopback (0.0.0.0 if it has none)."""
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            if address.family == socket.AF_INET and not address.address.startswith("127."):
+                return str(address.address)
+    return "0.0.0.0"
 
 
 def test_the_probe_listener_is_on_the_loopback_of_the_listeners_family() -> None:

@@ -135,14 +135,14 @@ def probe_problems(container: dict[str, Any], serves_tls: bool) -> list[str]:
     return problems
 
 
-TLS_FILE_SETTINGS = (
-    "TLS_CERT_FILE",
-    "TLS_KEY_FILE",
-    "TLS_CLIENT_CA_FILE",
-    "CLIENT_TLS_ROOT_CA",
-    "CLIENT_TLS_CERT",
-    "CLIENT_TLS_KEY",
-)
+TLS_FILE_SETTINGS = {  # each setting, and the key of cert-manager's Secret it must name
+    "TLS_CERT_FILE": "tls.crt",
+    "TLS_KEY_FILE": "tls.key",
+    "TLS_CLIENT_CA_FILE": "ca.crt",
+    "CLIENT_TLS_ROOT_CA": "ca.crt",
+    "CLIENT_TLS_CERT": "tls.crt",
+    "CLIENT_TLS_KEY": "tls.key",
+}
 
 
 def tls_file_problems(
@@ -159,12 +159,12 @@ def tls_file_problems(
         if m["name"] in secrets and "subPath" not in m and m.get("readOnly") is True
     }
     problems = []
-    for setting in TLS_FILE_SETTINGS:
+    for setting, expected_key in TLS_FILE_SETTINGS.items():
         path = config.get(setting)
         if path is None:
             continue
         directory, _, key = path.rpartition("/")
-        if directory not in mounts or key not in ("tls.crt", "tls.key", "ca.crt"):
+        if directory not in mounts or key != expected_key:
             problems.append(f"{container['name']}: {setting} is not a key of a mounted Secret")
     return problems
 
@@ -494,7 +494,9 @@ def test_the_nlb_passes_tls_through_to_pods_that_serve_it(
     one may terminate TLS itself."""
     _, docs = rendered
     configs = {c["metadata"]["name"]: c["data"] for c in of_kind(docs, "ConfigMap")}
-    for deployment in of_kind(docs, "Deployment"):
+    balanced = [d for d in of_kind(docs, "Deployment") if load_balancers_of(docs, d)]
+    assert {d["metadata"]["name"] for d in balanced} == {"accounts", "transfers"}
+    for deployment in balanced:
         config = configs[f"{deployment['metadata']['name']}-config"]
         for name in load_balancers_of(docs, deployment):
             (service,) = [s for s in of_kind(docs, "Service") if named(s, name)]

@@ -17,8 +17,9 @@ from clients.settings import SettingsError
 from grpcplatform.testing.v1 import echo_pb2 as pb
 from grpcplatform.testing.v1.echo_platform import EchoServiceClient
 from interceptors.retry import RetryPolicy
+from server.application import RuntimeContext
 from server.config import ConfigError, EnvReader, ServerConfig
-from server.runtime import Runtime
+from server.runtime import Runtime, process_registry
 from tests.conftest import StartRuntime, TlsClient
 from tests.support import echo
 from tests.support.certs import Authority, Pair, SecretVolume
@@ -87,10 +88,10 @@ async def test_a_rotated_certificate_is_served_to_new_connections_without_a_rest
     assert runtime.tls is not None
     assert runtime.tls.reloads == 1
 
-    # A key that no longer matches, then no key at all: the last good pair stays served,
-    # with one warning per change of the files, not one per handshake.
+    # A valid key of another certificate, then no key at all: the last good pair stays
+    # served, with one warning per change of the files, not one per handshake.
     with caplog.at_level(logging.WARNING, logger="server.tls"):
-        volume.pair.key.write_bytes(b"-----BEGIN PRIVATE KEY-----\ntruncated")
+        volume.pair.key.write_bytes(new_ca.issue("other").key.read_bytes())
         for _ in range(3):
             assert await code_of(tls_client(runtime, new_ca.cert)) is grpc.StatusCode.OK
         volume.pair.key.resolve().unlink()
@@ -98,8 +99,30 @@ async def test_a_rotated_certificate_is_served_to_new_connections_without_a_rest
             assert await code_of(tls_client(runtime, new_ca.cert)) is grpc.StatusCode.OK
     warnings = [r.getMessage() for r in caplog.records if "do not load" in r.getMessage()]
     assert len(warnings) == 2, warnings
+    assert "does not load with TLS_CERT_FILE" in warnings[0]
     assert "TLS_KEY_FILE names no readable file" in warnings[1]
     assert runtime.tls.reloads == 1
+
+    # The next good set is served: neither failure left the reload stuck.
+    volume.publish(old_ca.issue("echo", server=True))
+    assert await code_of(tls_client(runtime, old_ca.cert)) is grpc.StatusCode.OK
+    assert runtime.tls.reloads == 2
+
+
+async def test_files_that_broke_after_the_configuration_was_read_stop_start_up(
+    tmp_path: Path,
+) -> None:
+    ca = Authority(tmp_path)
+    server = ca.issue("echo", server=True)
+    env = {"SERVICE": "echo", **server_env(server, ca.cert)}
+    config = ServerConfig.from_env(env)  # checked here, fine
+    channels = ChannelFactory()
+    application = await echo.build(
+        RuntimeContext(config, EnvReader(env), channels, process_registry())
+    )
+    server.key.write_bytes(ca.issue("other").key.read_bytes())  # then replaced by a wrong key
+    with pytest.raises(ConfigError, match=r"^TLS_KEY_FILE does not load with TLS_CERT_FILE"):
+        Runtime(config, application, channels)
 
 
 async def test_the_queue_delay_probe_measures_through_its_loopback_listener(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,9 +124,12 @@ class SecretVolume:
         version.mkdir()
         (version / "tls.crt").write_bytes(pair.cert.read_bytes())
         (version / "tls.key").write_bytes(pair.key.read_bytes())
-        staged = self.directory / "..data_tmp"
+        staged, current = self.directory / "..data_tmp", self.directory / "..data"
+        previous = current.resolve() if current.is_symlink() else None
         staged.symlink_to(version.name)
-        os.replace(staged, self.directory / "..data")
+        os.replace(staged, current)
+        if previous is not None:
+            shutil.rmtree(previous)  # the kubelet removes the old version once swapped
         for path in (self.pair.cert, self.pair.key):
             if not path.is_symlink():
                 path.symlink_to(Path("..data") / path.name)
