@@ -21,6 +21,16 @@ and writes it after every step, so any process can resume any saga:
   Compensations are retried until they succeed; one that fails permanently
   ends the saga FAILED with reason COMPENSATION_FAILED (logged at ERROR:
   someone must look).
+- Settling: a step whose repeat cannot tell whether it took effect (its
+  request was used before with other content: the definition's `unknowable`)
+  keeps its saga running past the deadline. `settle()` records an
+  operator's verdict, took effect or not, in the item; the driver loses its
+  lease at its next write, and whoever resumes the saga repeats the step:
+  only if the repeat is still unknowable does the verdict decide (history
+  entry SETTLED; "not" fails the step with reason SETTLED, so the saga
+  compensates what came before, or, for a compensation, ends
+  COMPENSATION_FAILED). A repeat that succeeds or fails permanently decides
+  by itself, and the verdict is set aside (history says so).
 - Recovery: `recover_forever()` queries a sparse GSI (`unfinished`: hash
   `shard`, range `lease_until`) for sagas whose lease has passed, unfinished
   or with an unpublished event, and drives them. A killed process's sagas are
@@ -68,6 +78,7 @@ from interceptors.retry import RetryPolicy
 RUNNING, COMPENSATING, COMPLETED, FAILED = "RUNNING", "COMPENSATING", "COMPLETED", "FAILED"
 TERMINAL = (COMPLETED, FAILED)
 COMPENSATION_FAILED = "COMPENSATION_FAILED"
+SETTLED = "SETTLED"  # the failure reason of a step an operator settled as not taken effect
 UNFINISHED_INDEX = "unfinished"
 
 _log = logging.getLogger(__name__)
@@ -98,6 +109,8 @@ class Saga:
     updated_us: int = 0
     version: int = 0
     outbox: dict[str, Any] | None = None
+    # An operator's verdict on the step the saga is stuck on (`SagaEngine.settle`).
+    settlement: dict[str, Any] | None = None
 
     @property
     def finished(self) -> bool:
@@ -122,6 +135,11 @@ class SagaDefinition(Protocol):
     def permanent(self, error: BaseException) -> str | None:
         """The reason if `error` is a permanent failure of a step; None if it may pass."""
 
+    def unknowable(self, error: BaseException) -> bool:
+        """Whether `error` says that repeating the step cannot tell whether it took effect
+        (its request was used before with other content): the one failure an operator's
+        verdict (`SagaEngine.settle`) may decide."""
+
     def event(self, saga: Saga) -> dict[str, Any]:
         """The event the saga's end publishes (a JSON-able dict with an `event_id`)."""
 
@@ -136,6 +154,11 @@ class KeyReused(Exception):
 
 class LeaseLost(Exception):
     """Another process holds the saga now."""
+
+
+class SettleRefused(Exception):
+    """`settle` does not apply: no such saga, it has ended, it is not past its deadline,
+    or it is not stuck on the step named. The message says which."""
 
 
 class _Overdue(Exception):
@@ -268,6 +291,64 @@ class SagaEngine:
         found = await self._read(saga_id)
         return None if found is None else found[0]
 
+    def stuck_on(self, saga: Saga) -> str | None:
+        """The step or compensation the saga is retrying now, or None (ended, or between
+        steps)."""
+        steps = self.definitions[saga.kind].steps
+        if saga.finished or not 0 <= saga.step < len(steps):
+            return None
+        step = steps[saga.step]
+        if saga.status == RUNNING or saga.uncertain:
+            return step.name
+        return step.compensation_name if step.compensation is not None else None
+
+    async def settle(self, saga_id: str, step: str, took_effect: bool, reason: str) -> Saga:
+        """Records an operator's verdict on `step`, the step a saga past its deadline keeps
+        retrying: whether it took effect. The process driving the saga loses its lease at
+        its next write; whoever resumes it repeats the step once more, and the verdict
+        decides only if that repeat fails as the definition's `unknowable` says (its
+        request was used before with other content, so no repeat can tell). A repeat
+        that succeeds or fails permanently decides by itself, the verdict set aside (an
+        attempt in flight when the verdict landed may have taken effect: its repeat is
+        answered as it was). While the repeats fail otherwise (the dependency down), the
+        verdict waits. Raises SettleRefused."""
+        for _ in range(20):  # the driver renews the lease between attempts: read again
+            found = await self._read(saga_id)
+            if found is None:
+                raise SettleRefused(f"no saga {saga_id}")
+            saga = found[0]
+            if saga.finished:
+                raise SettleRefused(f"saga {saga_id} has ended: {saga.status}")
+            if self._now_ms() < saga.deadline_ms:
+                raise SettleRefused(f"saga {saga_id} is not past its deadline: it may finish")
+            current = self.stuck_on(saga)
+            if current is None:
+                raise SettleRefused(f"saga {saga_id} is not retrying a step")
+            if current != step:
+                raise SettleRefused(f"saga {saga_id} is on {current}, not {step}")
+            if saga.settlement is not None:
+                raise SettleRefused(f"saga {saga_id} has a verdict pending on {current}")
+            settlement = {"step": step, "took_effect": took_effect, "reason": reason}
+            try:
+                await self.dynamodb.update_item(
+                    TableName=self.table,
+                    Key=to_item({"saga_id": saga_id}),
+                    UpdateExpression="SET settlement = :settlement, version = version + :one",
+                    ConditionExpression="version = :version",
+                    ExpressionAttributeValues=to_item(
+                        {":settlement": settlement, ":version": saga.version, ":one": 1}
+                    ),
+                )
+            except AwsClientError as error:
+                if error_code(error) != "ConditionalCheckFailedException":
+                    raise
+                await asyncio.sleep(0.05)
+                continue
+            saga.settlement = settlement
+            saga.version += 1
+            return saga
+        raise SettleRefused(f"saga {saga_id} kept changing: try again")
+
     async def _read(self, saga_id: str) -> tuple[Saga, str] | None:
         answer = await self.dynamodb.get_item(
             TableName=self.table, Key=to_item({"saga_id": saga_id}), ConsistentRead=True
@@ -321,6 +402,7 @@ class SagaEngine:
             ":reason": saga.failure_reason,
             ":history": saga.history,
             ":updated": saga.updated_us,
+            ":settlement": saga.settlement,
         }
         sets = [
             "#status = :status",
@@ -329,6 +411,7 @@ class SagaEngine:
             "failure_reason = :reason",
             "history = :history",
             "updated_us = :updated",
+            "settlement = :settlement",
             "version = :next",
         ]
         removes = []
@@ -462,18 +545,23 @@ class SagaEngine:
     ) -> str | None:
         """Runs `action` (step or compensation `name`) until it succeeds (None) or fails
         permanently (the reason); retries transient errors while `keep_trying` holds,
-        renewing the lease."""
+        renewing the lease. An operator's verdict on `name` decides when the action fails
+        as unknowable, and is set aside when the action's own answer decides."""
         retry_number = 0
         while True:
             try:
                 await action(saga)
-                return None
             except asyncio.CancelledError:
                 raise
             except Exception as error:
                 reason = definition.permanent(error)
+                verdict = self._verdict(saga, name)
                 if reason is not None:
+                    if verdict is not None:
+                        self._set_aside(saga, name, f"the step failed: {reason}")
                     return reason
+                if verdict is not None and definition.unknowable(error):
+                    return self._apply(saga, name, verdict)
                 retry_number += 1
                 if not self._keep_trying(saga, definition):
                     raise _Overdue(type(error).__name__) from error
@@ -490,6 +578,36 @@ class SagaEngine:
                     )
                 await asyncio.sleep(self.retry.backoff(min(retry_number, 8)))
                 await self._save(saga)  # renews the lease
+            else:
+                if self._verdict(saga, name) is not None:
+                    self._set_aside(saga, name, "the step succeeded when repeated")
+                return None
+
+    @staticmethod
+    def _verdict(saga: Saga, name: str) -> dict[str, Any] | None:
+        settlement = saga.settlement
+        return settlement if settlement is not None and settlement["step"] == name else None
+
+    def _set_aside(self, saga: Saga, name: str, why: str) -> None:
+        """The step's own answer decided: the operator's verdict is dropped, and says so."""
+        saga.settlement = None
+        self._record(saga, name, "SETTLED", f"verdict not applied: {why}")
+        _log.warning(
+            "saga step's verdict not applied", extra={"saga_id": saga.saga_id, "step": name}
+        )
+
+    def _apply(self, saga: Saga, name: str, settlement: dict[str, Any]) -> str | None:
+        """An operator's verdict on a step whose repeat cannot tell: took effect is a
+        success, did not is a permanent failure, so the saga goes on as after either."""
+        saga.settlement = None
+        took_effect = bool(settlement["took_effect"])
+        verdict = "took effect" if took_effect else "did not take effect"
+        self._record(saga, name, "SETTLED", f"{verdict}: {settlement['reason']}")
+        _log.warning(
+            "saga step settled by an operator",
+            extra={"saga_id": saga.saga_id, "step": name, "took_effect": took_effect},
+        )
+        return None if took_effect else f"{SETTLED}: {settlement['reason']}"
 
     def _keep_trying(self, saga: Saga, definition: SagaDefinition) -> bool:
         if saga.status == COMPENSATING:

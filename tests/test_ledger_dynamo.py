@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
+import subprocess
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,9 +30,10 @@ from services.resources import LedgerNames
 from services.transfers.app import build as build_transfers
 from services.transfers.events import build as build_events
 from services.transfers.saga import TransferSaga, payload_of, step_request_id
+from services.transfers.service import TRANSFER_IDS
 from tests.conftest import StartRuntime
 from tests.support.moto import Moto, queue_depth
-from tests.support.net import http_get
+from tests.support.net import PYTHON, ROOT, http_get
 from tests.test_deploy_terraform import role_actions
 
 
@@ -619,3 +622,81 @@ def test_dynamodb_transaction_conflicts_are_retried_not_internal() -> None:
     assert conflict(ClientError({"Error": {"Code": "TransactionInProgressException"}}, "X"))
     assert not conflict(cancelled("ConditionalCheckFailed", "None"))  # a version change
     assert contended().transient  # ABORTED with RetryInfo: the caller may retry
+
+
+async def test_an_operator_settles_a_transfer_stuck_on_a_reused_request(
+    start_runtime: StartRuntime, single_attempt_channels: ChannelFactory, shared_moto: Moto
+) -> None:
+    """The credit's request_id was used before with other content (as by another version
+    of Transfers): Accounts refuses it for ever, the transfer stays PENDING. A person
+    finds that the credit never happened and says so with `services.transfers.settle`,
+    run as a process with the service's settings: the debit is refunded."""
+    env = shared_moto.ledger_env(SAGA_DEADLINE_SECONDS="0.5", SAGA_LEASE_SECONDS="1")
+    accounts_runtime = await start_runtime(build_accounts, **env)
+    target = f"127.0.0.1:{accounts_runtime.grpc_port}"
+    transfers_runtime = await start_runtime(build_transfers, ACCOUNTS_TARGET=target, **env)
+    ledger = Ledger(
+        AccountsClient(single_attempt_channels.connect(target)),
+        TransfersClient(
+            single_attempt_channels.connect(f"127.0.0.1:{transfers_runtime.grpc_port}")
+        ),
+    )
+    source, destination = await ledger.open(balance=50), await ledger.open()
+    request = ledger.transfer_request(source, destination, 20)
+    transfer_id = str(uuid.uuid5(TRANSFER_IDS, request.request_id))
+    credit = step_request_id(transfer_id, "CREDIT_DESTINATION")
+    await ledger.deposit(destination, 1, request_id=credit)  # the earlier, other request
+    pending = (await ledger.transfers.create_transfer(request)).transfer
+    assert pending.state == transfers_pb2.TRANSFER_STATE_PENDING
+    assert await ledger.holds(source) == [transfer_id]
+
+    async def settle(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
+        command = [PYTHON, "-m", "services.transfers.settle", transfer_id, *args]
+        return await asyncio.to_thread(
+            subprocess.run,
+            command,
+            cwd=ROOT,
+            env={**os.environ, **env, **settings},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    shown = await settle()  # what to look up
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == (
+        f"transfer {transfer_id}: RUNNING, retrying CREDIT_DESTINATION (request_id {credit})"
+    )
+    unreachable = await settle(AWS_ENDPOINT_URL="http://127.0.0.1:9")
+    assert unreachable.returncode == 3
+    assert len(unreachable.stderr.strip().splitlines()) == 1  # no traceback
+    wrong = await settle("DEBIT_SOURCE", "took-effect", "--reason", "wrong step")
+    assert wrong.returncode == 1
+    assert wrong.stderr.strip() == (
+        f"refused: saga {transfer_id} is on CREDIT_DESTINATION, not DEBIT_SOURCE"
+    )
+    done = await settle(
+        "CREDIT_DESTINATION", "did-not-take-effect", "--reason", f"{credit} deposited 1, not 20"
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"request_id {credit}" in done.stdout
+
+    for _ in range(200):  # applied when the lease has passed and recovery resumes it
+        got = await ledger.transfers.get_transfer(
+            transfers_pb2.GetTransferRequest(transfer_id=transfer_id)
+        )
+        if got.transfer.state != transfers_pb2.TRANSFER_STATE_PENDING:
+            break
+        await asyncio.sleep(0.05)
+    transfer = got.transfer
+    assert transfer.state == transfers_pb2.TRANSFER_STATE_FAILED
+    assert transfer.failure_reason == f"SETTLED: {credit} deposited 1, not 20"
+    outcomes = [(step.name, step.outcome) for step in transfer.history]
+    assert outcomes[0] == ("DEBIT_SOURCE", "DONE")
+    assert outcomes[-3:] == [
+        ("CREDIT_DESTINATION", "SETTLED"),
+        ("CREDIT_DESTINATION", "FAILED"),
+        ("REFUND_SOURCE", "DONE"),
+    ]
+    assert (await ledger.balance(source), await ledger.balance(destination)) == (50, 1)
+    assert await ledger.holds(source) == []  # the refund released the debit's hold

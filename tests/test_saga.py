@@ -14,7 +14,16 @@ from prometheus_client import CollectorRegistry
 
 from clients.aws import AwsClients, AwsSettings
 from durable.dynamo import ensure_tables
-from durable.saga import COMPLETED, FAILED, KeyReused, Saga, SagaEngine, Step, saga_table
+from durable.saga import (
+    COMPLETED,
+    FAILED,
+    KeyReused,
+    Saga,
+    SagaEngine,
+    SettleRefused,
+    Step,
+    saga_table,
+)
 from interceptors.correlation import current_correlation_id
 from interceptors.deadline import remaining_budget
 from interceptors.inbound import InboundWork, inbound_var
@@ -26,6 +35,10 @@ class Permanent(Exception):
     pass
 
 
+class Reused(Exception):
+    """The step's request was used before with other content: its repeat cannot tell."""
+
+
 class Effects:
     """Steps that count their effects; `fail` / `block` script what happens."""
 
@@ -35,6 +48,7 @@ class Effects:
         self.fail: dict[str, list[Exception]] = {}
         self.block: set[str] = set()
         self.down_until: dict[str, float] = {}
+        self.refused: set[str] = set()
         self.entered = asyncio.Event()
 
     def action(self, name: str) -> Any:
@@ -45,6 +59,8 @@ class Effects:
                 await asyncio.Event().wait()
             if time.monotonic() < self.down_until.get(name, 0.0):
                 raise ConnectionError(f"{name} is down")
+            if name in self.refused:
+                raise Reused(name)
             scripted = self.fail.get(name)
             if scripted:
                 raise scripted.pop(0)
@@ -65,6 +81,9 @@ class Definition:
 
     def permanent(self, error: BaseException) -> str | None:
         return str(error) if isinstance(error, Permanent) else None
+
+    def unknowable(self, error: BaseException) -> bool:
+        return isinstance(error, Reused)
 
     def event(self, saga: Saga) -> dict[str, Any]:
         return {"event_id": saga.saga_id, "type": saga.status}
@@ -319,3 +338,154 @@ async def test_a_step_still_failing_is_logged_at_each_doubling_of_its_retries(
         ("THREE", 16, "ConnectionError"),
     ]
     assert logged[0].error_message == "accounts are down"  # type: ignore[attr-defined]
+
+
+async def settled_end(saga_engine: SagaEngine, saga_id: str) -> Saga:
+    """Recovery (this engine) resumes the saga once the settled driver's lease has passed,
+    and drives it to its end."""
+    for _ in range(200):
+        await saga_engine.recover_once()
+        found = await saga_engine.get(saga_id)
+        assert found is not None
+        if found.finished:
+            return found
+        await asyncio.sleep(0.05)
+    raise AssertionError("the settled saga did not end")
+
+
+async def stuck(saga_engine: SagaEngine, effects: Effects, step: str, *, refused: bool) -> str:
+    """A saga past its deadline retrying `step`, which is refused as reused (its repeat
+    cannot tell) or down."""
+    if refused:
+        effects.refused.add(step)
+    else:
+        effects.down_until[step] = float("inf")
+    saga_id = await start(saga_engine, deadline=0.2)
+    saga = await saga_engine.run(saga_id, 1.0)
+    assert saga.status != COMPLETED
+    assert saga_engine.stuck_on(saga) == step
+    return saga_id
+
+
+@pytest.mark.parametrize(
+    ("took_effect", "status", "reason", "after"),
+    [
+        (True, COMPLETED, "", [("THREE", "SETTLED"), ("THREE", "DONE")]),
+        (
+            False,
+            FAILED,
+            "SETTLED: refused as a reused request",
+            [("THREE", "SETTLED"), ("THREE", "FAILED"), ("UNDO_TWO", "DONE"), ("UNDO_ONE", "DONE")],
+        ),
+    ],
+)
+async def test_a_pivot_whose_repeat_cannot_tell_ends_as_an_operator_settles_it(
+    dynamodb: tuple[Any, str],
+    took_effect: bool,
+    status: str,
+    reason: str,
+    after: list[tuple[str, str]],
+) -> None:
+    effects, events = Effects(), Events()
+    saga_engine = engine(dynamodb, effects, events, lease_seconds=0.3)
+    saga_id = await stuck(saga_engine, effects, "THREE", refused=True)
+    with pytest.raises(SettleRefused, match="is on THREE, not TWO"):
+        await saga_engine.settle(saga_id, "TWO", took_effect, "wrong step")
+    await saga_engine.settle(saga_id, "THREE", took_effect, "refused as a reused request")
+    with pytest.raises(SettleRefused, match="has a verdict pending on THREE"):
+        await saga_engine.settle(saga_id, "THREE", not took_effect, "a second opinion")
+    saga = await settled_end(saga_engine, saga_id)
+    assert saga.status == status
+    assert saga.failure_reason == reason
+    assert steps(saga)[:2] == [("ONE", "DONE"), ("TWO", "DONE")]
+    assert steps(saga)[-len(after) :] == after
+    assert "THREE" not in effects.applied
+    assert [event["type"] for event in events.published] == [status]
+    assert saga.settlement is None
+
+
+async def test_a_verdict_waits_while_the_step_is_down_and_yields_to_its_success(
+    dynamodb: tuple[Any, str],
+) -> None:
+    """Settled as not taken effect while its dependency is down: the verdict cannot be
+    checked, so it waits; the step then succeeds when repeated, and that decides (as it
+    must if an attempt in flight when the verdict landed had taken effect)."""
+    effects, events = Effects(), Events()
+    saga_engine = engine(dynamodb, effects, events, lease_seconds=0.3)
+    saga_id = await stuck(saga_engine, effects, "THREE", refused=False)
+    await saga_engine.settle(saga_id, "THREE", False, "believed not done")
+    for _ in range(20):  # the lease passes, recovery resumes it: still retrying
+        await saga_engine.recover_once()
+        await asyncio.sleep(0.05)
+    waiting = await saga_engine.get(saga_id)
+    assert waiting is not None
+    assert waiting.status == "RUNNING"
+    assert waiting.settlement is not None
+    effects.down_until.clear()
+    saga = await settled_end(saga_engine, saga_id)
+    assert saga.status == COMPLETED
+    assert steps(saga)[-2:] == [("THREE", "SETTLED"), ("THREE", "DONE")]
+    assert saga.history[-2]["detail"] == "verdict not applied: the step succeeded when repeated"
+    assert "UNDO_TWO" not in effects.calls
+
+
+@pytest.mark.parametrize(
+    ("took_effect", "reason", "last"),
+    [
+        (True, "BROKEN", ("UNDO_ONE", "DONE")),
+        (False, "COMPENSATION_FAILED: SETTLED: by hand", ("UNDO_ONE", "FAILED")),
+    ],
+)
+async def test_a_compensation_whose_repeat_cannot_tell_ends_as_an_operator_settles_it(
+    dynamodb: tuple[Any, str], took_effect: bool, reason: str, last: tuple[str, str]
+) -> None:
+    effects, events = Effects(), Events()
+    effects.fail["TWO"] = [Permanent("BROKEN")]
+    saga_engine = engine(dynamodb, effects, events, lease_seconds=0.3)
+    saga_id = await stuck(saga_engine, effects, "UNDO_ONE", refused=True)
+    await saga_engine.settle(saga_id, "UNDO_ONE", took_effect, "by hand")
+    saga = await settled_end(saga_engine, saga_id)
+    assert saga.status == FAILED
+    assert saga.failure_reason == reason
+    assert steps(saga)[-2:] == [("UNDO_ONE", "SETTLED"), last]
+
+
+async def test_an_uncertain_step_settled_as_not_done_is_not_undone(
+    dynamodb: tuple[Any, str],
+) -> None:
+    """TWO timed out (it may have taken effect), and its repeat cannot tell: settled as
+    not done, only ONE is undone."""
+    effects, events = Effects(), Events()
+    saga_engine = engine(dynamodb, effects, events, lease_seconds=0.3)
+    saga_id = await stuck(saga_engine, effects, "TWO", refused=True)
+    await saga_engine.settle(saga_id, "TWO", False, "not in Accounts' records")
+    saga = await settled_end(saga_engine, saga_id)
+    assert saga.status == FAILED
+    assert saga.failure_reason == "DEADLINE_EXCEEDED"
+    assert steps(saga)[-4:] == [
+        ("TWO", "TIMED_OUT"),
+        ("TWO", "SETTLED"),
+        ("TWO", "FAILED"),
+        ("UNDO_ONE", "DONE"),
+    ]
+    assert "UNDO_TWO" not in effects.calls
+
+
+async def test_settling_is_refused_where_the_saga_can_still_end_by_itself(
+    dynamodb: tuple[Any, str],
+) -> None:
+    effects, events = Effects(), Events()
+    saga_engine = engine(dynamodb, effects, events)
+    with pytest.raises(SettleRefused, match="no saga"):
+        await saga_engine.settle(str(uuid.uuid4()), "ONE", True, "-")
+    effects.down_until["TWO"] = float("inf")
+    early = await start(saga_engine, deadline=30)
+    assert (await saga_engine.run(early, 0.3)).status == "RUNNING"
+    with pytest.raises(SettleRefused, match="not past its deadline"):
+        await saga_engine.settle(early, "TWO", True, "-")
+    await saga_engine.close()
+    effects.down_until.clear()
+    done = await saga_engine.run(await start(saga_engine), 10)
+    assert done.status == COMPLETED
+    with pytest.raises(SettleRefused, match="has ended"):
+        await saga_engine.settle(done.saga_id, "THREE", True, "-")

@@ -159,6 +159,13 @@ class TransferSaga:
             return None if info.reason == KEY_REUSED else info.reason  # see the docstring
         return None
 
+    def unknowable(self, error: BaseException) -> bool:
+        """A step refused as IDEMPOTENCY_KEY_REUSED: its request_id took another request."""
+        if not isinstance(error, grpc.aio.AioRpcError):
+            return False
+        info = error_info(error)
+        return info is not None and info.reason == KEY_REUSED
+
     def event(self, saga: Saga) -> dict[str, Any]:
         completed = saga.status == COMPLETED
         return {

@@ -1,0 +1,152 @@
+"""`python -m services.transfers.settle`: an operator settles a transfer stuck on a step.
+
+A transfer whose step Accounts refuses as `IDEMPOTENCY_KEY_REUSED` (its
+request_id went out before with other content, from another version of
+Transfers) is retried for ever, and `SagaStuck` fires: no repeat can tell
+whether the step took effect. A person looks at it, run where the Transfers
+service runs (its settings and IAM role):
+
+    kubectl -n ledger exec deploy/transfers -- python -m services.transfers.settle <transfer_id>
+
+prints its state, the step it is retrying and that step's request_id, to
+look up in Accounts' idempotency records; then tells the transfer:
+
+    ... settle <transfer_id> CREDIT_DESTINATION did-not-take-effect --reason "<what was found>"
+
+`took-effect` goes on as if the step had succeeded; `did-not-take-effect` fails
+the step (reason SETTLED: <reason>), so the debit is refunded, or, for the
+refund itself, the transfer ends FAILED with COMPENSATION_FAILED. Transfers
+repeats the step once more first: the verdict decides only if Accounts still
+refuses it as reused (durable.saga.settle); the history shows which
+(outcome SETTLED, with the reason). Every Transfers pod must run a version
+that knows verdicts. Exit codes: 0 done, 1 refused (ended, not past its
+deadline, not stuck on that step, a verdict already pending), 2 bad
+arguments or settings, 3 AWS failed; errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from clients.aws import AwsClients, AwsSettings
+from clients.channel import ChannelFactory
+from clients.settings import SettingsError
+from durable.saga import SagaEngine, SettleRefused
+from ledger.v1.accounts_platform import AccountsClient
+from server.config import ConfigError, EnvReader
+from services.resources import LedgerNames
+from services.transfers.saga import TransferSaga, step_request_id
+
+OUTCOMES = {"took-effect": True, "did-not-take-effect": False}
+EXIT_REFUSED, EXIT_CONFIG, EXIT_FAILED = 1, 2, 3
+
+
+class NoPublishing:
+    """Settling publishes nothing: the Transfers process that resumes the saga does."""
+
+    async def publish(self, event: Mapping[str, Any], context: Mapping[str, str]) -> None:
+        raise RuntimeError("the settle command publishes no event")
+
+
+async def run(
+    env: EnvReader, transfer_id: str, step: str | None, took_effect: bool, reason: str
+) -> str:
+    """Shows the transfer (no `step`) or settles `step`; the line to print."""
+    names = LedgerNames(env.string("LEDGER_NAME", "ledger-local"))
+    clients = AwsClients(AwsSettings.from_env(env, "dynamodb"))
+    channels = ChannelFactory()  # the definition's steps are named, never run, here
+    try:
+        target = env.string("ACCOUNTS_TARGET", "127.0.0.1:50051")  # never called
+        accounts = AccountsClient(channels.connect(target))
+        engine = SagaEngine(
+            await clients.client("dynamodb"),
+            names.transfers,
+            [TransferSaga(accounts)],
+            NoPublishing(),
+        )
+        if step is None:
+            return await show(engine, transfer_id)
+        await engine.settle(transfer_id, step, took_effect, reason)
+    finally:
+        await channels.close()
+        await clients.close()
+    verdict = "took effect" if took_effect else "did not take effect"
+    return (
+        f"settled: transfer {transfer_id}, step {step} (request_id "
+        f"{step_request_id(transfer_id, step)}) {verdict}; a Transfers process repeats the "
+        "step once more and applies the verdict if it is refused as reused, within "
+        "SAGA_LEASE_SECONDS and a recovery sweep"
+    )
+
+
+async def show(engine: SagaEngine, transfer_id: str) -> str:
+    saga = await engine.get(transfer_id)
+    if saga is None:
+        raise SettleRefused(f"no saga {transfer_id}")
+    line = f"transfer {transfer_id}: {saga.status}"
+    step = engine.stuck_on(saga)
+    if step is not None:
+        line += f", retrying {step} (request_id {step_request_id(transfer_id, step)})"
+    if saga.settlement is not None:
+        line += f", a verdict pending on {saga.settlement['step']}"
+    return line
+
+
+def transfer_id_of(text: str) -> str:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a transfer id (a UUID): {text!r}") from None
+
+
+def reason_of(text: str) -> str:
+    if not text.strip() or len(text) > 500:
+        raise argparse.ArgumentTypeError("say what was found, in 1 to 500 characters")
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.transfers.settle",
+        description="Settle a transfer stuck on a step that will not succeed by itself.",
+    )
+    parser.add_argument("transfer_id", type=transfer_id_of)
+    parser.add_argument(
+        "step", nargs="?", help="DEBIT_SOURCE, CREDIT_DESTINATION or REFUND_SOURCE; none: show"
+    )
+    parser.add_argument("outcome", nargs="?", choices=sorted(OUTCOMES))
+    parser.add_argument("--reason", type=reason_of, help="what was found, kept in the history")
+    args = parser.parse_args(argv)
+    if args.step is not None and (args.outcome is None or args.reason is None):
+        parser.error("settling a step needs its outcome and --reason")
+    try:
+        message = asyncio.run(
+            run(
+                EnvReader(os.environ),
+                args.transfer_id,
+                args.step,
+                OUTCOMES.get(args.outcome or "", False),
+                args.reason or "",
+            )
+        )
+    except (ConfigError, SettingsError) as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except SettleRefused as error:
+        print(f"refused: {error}", file=sys.stderr)
+        return EXIT_REFUSED
+    except Exception as error:  # AWS unreachable or denied: one line, no traceback
+        print(f"failed: {type(error).__name__}: {str(error)[:300]}", file=sys.stderr)
+        return EXIT_FAILED
+    print(message)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
