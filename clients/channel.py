@@ -85,11 +85,6 @@ class ChannelSettings:
             ("grpc.keepalive_timeout_ms", int(self.keepalive_timeout_s * 1000)),
             ("grpc.service_config", json.dumps(service_config)),
             ("grpc.enable_retries", 0),  # retries belong to our chain, not to gRPC core
-            # Subchannels of this channel only: the factory already shares one channel per
-            # target, and grpc's process-wide pool would hand a new channel the backoff
-            # state of another channel's connection to the same address (a listener that
-            # has since come up would be refused until that backoff ends).
-            ("grpc.use_local_subchannel_pool", 1),
             *self.extra_options,
         ]
 

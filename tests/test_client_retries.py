@@ -80,11 +80,11 @@ def forever(fault: Callable[[], Fault]) -> Iterator[Fault]:
         yield fault()
 
 
-async def serve(start_runtime: StartRuntime, servicer: Scripted, **settings: str) -> str:
+async def serve(start_runtime: StartRuntime, servicer: Scripted) -> str:
     async def build(context: RuntimeContext) -> Application:
         return Application(servicers=[servicer])
 
-    runtime = await start_runtime(build, SHED_ENABLED="false", **settings)
+    runtime = await start_runtime(build, SHED_ENABLED="false")
     return f"127.0.0.1:{runtime.grpc_port}"
 
 

@@ -11,11 +11,9 @@ import pytest
 
 from clients.chain import ClientChain
 from clients.channel import ChannelFactory, ChannelSettings
-from clients.resilience import Resilience
 from clients.settings import ClientSettings, SettingsError
 from grpcplatform.testing.v1 import echo_pb2 as pb
 from grpcplatform.testing.v1.echo_platform import ECHO_SERVICE_METHODS, EchoServiceClient
-from interceptors.retry import RetryPolicy
 from server.config import ConfigError, EnvReader
 from tests.conftest import StartRuntime
 from tests.support.net import PYTHON, ROOT, free_port, port_open, service_env
@@ -137,27 +135,3 @@ def test_channel_settings_from_the_environment(tmp_path: Path) -> None:
         ChannelSettings.from_env(EnvReader({"CLIENT_TLS_ROOT_CA": str(tmp_path / "none.pem")}))
     with pytest.raises(SettingsError, match=r"^CLIENT_LOAD_BALANCING"):
         ChannelSettings.from_env(EnvReader({"CLIENT_LOAD_BALANCING": "random"}))
-
-
-async def test_a_new_channel_reaches_a_listener_that_came_up_after_another_channel_failed(
-    start_runtime: StartRuntime, channels: ChannelFactory
-) -> None:
-    """grpc's process-wide subchannel pool would give the factory's channel the backoff
-    of another channel's failed connection to the same address (same settings, another
-    factory): "Connection refused" from a server that is listening. Seen as a one-off
-    failure of an in-process test whose port 0 had been another test's dead target."""
-    port = free_port()
-    once = ClientChain(retry=RetryPolicy(max_attempts=1), resilience=Resilience(breaker=None))
-    elsewhere = ChannelFactory(chain=once)  # another factory, its channel kept open
-    try:
-        dead = EchoServiceClient(elsewhere.connect(f"127.0.0.1:{port}"))
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await dead.echo(pb.EchoRequest(message="down"), timeout=1)
-        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
-        servicer = Scripted(iter([]))
-        target = await serve(start_runtime, servicer, GRPC_PORT=str(port))
-        assert target.endswith(f":{port}")
-        reply = await EchoServiceClient(channels.connect(target)).echo(pb.EchoRequest(message="up"))
-        assert reply.message == "up"
-    finally:
-        await elsewhere.close()
