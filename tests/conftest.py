@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -51,6 +54,32 @@ def pytest_runtest_makereport(
     if report.when == "teardown":
         item.config.stash[LOG_SIZES] = log_sizes(root)
     return report
+
+
+@pytest.fixture(autouse=True)
+def channels_closed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Fails a test that leaves a `grpc.aio` channel open. Why: grpc shares subchannels
+    process-wide between channels of the same settings, so an open channel whose target
+    went away keeps that address in reconnect backoff, and a later test's server on the
+    same port 0 is refused ("Connection refused" while it listens) until the backoff ends.
+    Checked after the other fixtures' teardown, so runtimes have closed their own."""
+    # grpc.aio's concrete channel and its core channel are private (no stubs): Any.
+    channel_class: Any = importlib.import_module("grpc.aio._channel").Channel
+    opened: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+    original_init = channel_class.__init__
+
+    def tracked_init(self: Any, target: str, *args: object, **kwargs: object) -> None:
+        original_init(self, target, *args, **kwargs)
+        opened[self] = target
+
+    monkeypatch.setattr(channel_class, "__init__", tracked_init)
+    yield
+    left_open = [
+        (channel, target) for channel, target in opened.items() if not channel._channel.closed()
+    ]
+    for channel, _ in left_open:
+        channel._channel.close()
+    assert not left_open, f"channels left open: {sorted(target for _, target in left_open)}"
 
 
 @pytest.fixture
@@ -106,14 +135,33 @@ def moto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Moto]:
     server.stop()
 
 
+MakeChannels = Callable[..., ChannelFactory]
+
+
+@pytest.fixture
+async def make_channels() -> AsyncIterator[MakeChannels]:
+    """`ChannelFactory(settings, chain)`, each closed when the test ends."""
+    made: list[ChannelFactory] = []
+
+    def make(
+        settings: ChannelSettings | None = None, chain: ClientChain | None = None
+    ) -> ChannelFactory:
+        factory = ChannelFactory(settings, chain)
+        made.append(factory)
+        return factory
+
+    yield make
+    for factory in made:
+        await factory.close()
+
+
 TlsClient = Callable[..., EchoServiceClient]
 
 
 @pytest.fixture
-async def tls_client() -> AsyncIterator[TlsClient]:
+def tls_client(make_channels: MakeChannels) -> TlsClient:
     """Echo clients of a runtime, each over its own channel: trusting the CA `root`
     (None: plaintext), presenting `client`'s certificate, if any; calls are tried once."""
-    factories: list[ChannelFactory] = []
 
     def connect(
         runtime: Runtime, root: Path | None, client: Pair | None = None
@@ -124,27 +172,21 @@ async def tls_client() -> AsyncIterator[TlsClient]:
             tls_key=client.key if client else None,
         )
         chain = ClientChain(retry=RetryPolicy(max_attempts=1), resilience=Resilience(breaker=None))
-        factory = ChannelFactory(settings, chain)
-        factories.append(factory)
-        return EchoServiceClient(factory.connect(f"127.0.0.1:{runtime.grpc_port}"))
+        channels = make_channels(settings, chain)
+        return EchoServiceClient(channels.connect(f"127.0.0.1:{runtime.grpc_port}"))
 
-    yield connect
-    for factory in factories:
-        await factory.close()
+    return connect
 
 
 @pytest.fixture
-async def channels() -> AsyncIterator[ChannelFactory]:
-    factory = ChannelFactory()
-    yield factory
-    await factory.close()
+def channels(make_channels: MakeChannels) -> ChannelFactory:
+    return make_channels()
 
 
 @pytest.fixture
-async def single_attempt_channels() -> AsyncIterator[ChannelFactory]:
+def single_attempt_channels(make_channels: MakeChannels) -> ChannelFactory:
     """Channels whose calls are never retried nor refused by a client breaker: to see a
     server's own answers."""
-    chain = ClientChain(retry=RetryPolicy(max_attempts=1), resilience=Resilience(breaker=None))
-    factory = ChannelFactory(chain=chain)
-    yield factory
-    await factory.close()
+    return make_channels(
+        chain=ClientChain(retry=RetryPolicy(max_attempts=1), resilience=Resilience(breaker=None))
+    )

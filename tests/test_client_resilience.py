@@ -14,7 +14,6 @@ from google.rpc import error_details_pb2 as details_pb2
 from prometheus_client import CollectorRegistry
 
 from clients.chain import ClientChain
-from clients.channel import ChannelFactory
 from clients.errors import details_of, error_info
 from clients.resilience import Resilience
 from grpcplatform.testing.v1 import echo_pb2 as pb
@@ -26,7 +25,7 @@ from interceptors.metrics import RpcMetrics
 from interceptors.policy import MethodPolicy
 from interceptors.ratelimit import Rate
 from interceptors.retry import RetryPolicy
-from tests.conftest import StartRuntime
+from tests.conftest import MakeChannels, StartRuntime
 from tests.support import echo
 from tests.support.net import free_port
 from tests.test_client_retries import Scripted, forever, serve
@@ -60,7 +59,7 @@ async def code_of(call: Any) -> tuple[grpc.StatusCode, str]:
 
 
 async def test_breaker_opens_fails_fast_probes_and_closes(
-    start_runtime: StartRuntime, caplog: pytest.LogCaptureFixture
+    start_runtime: StartRuntime, make_channels: MakeChannels, caplog: pytest.LogCaptureFixture
 ) -> None:
     toggle = Toggle()
     servicer = Scripted(toggle)
@@ -71,7 +70,7 @@ async def test_breaker_opens_fails_fast_probes_and_closes(
         resilience=Resilience(breaker=FAST_BREAKER),
         metrics=RpcMetrics(registry, "client"),
     )
-    client = EchoServiceClient(ChannelFactory(chain=chain).connect(target))
+    client = EchoServiceClient(make_channels(chain=chain).connect(target))
     caplog.set_level(logging.INFO, logger="clients.resilience")
 
     for _ in range(5):
@@ -132,12 +131,12 @@ async def test_breaker_opens_fails_fast_probes_and_closes(
 
 
 async def test_breaker_with_the_downstream_stopped_and_restarted(
-    start_runtime: StartRuntime,
+    start_runtime: StartRuntime, make_channels: MakeChannels
 ) -> None:
     port = free_port()
     first = await start_runtime(echo.build, GRPC_PORT=str(port))
     chain = ClientChain(retry=ONCE, resilience=Resilience(breaker=FAST_BREAKER))
-    client = EchoServiceClient(ChannelFactory(chain=chain).connect(f"127.0.0.1:{port}"))
+    client = EchoServiceClient(make_channels(chain=chain).connect(f"127.0.0.1:{port}"))
     assert (await code_of(client.echo(pb.EchoRequest())))[0] == grpc.StatusCode.OK
     await first.server.stop(0)  # the downstream goes away
 
@@ -158,7 +157,9 @@ async def test_breaker_with_the_downstream_stopped_and_restarted(
     assert dependency.rollup.state is State.CLOSED
 
 
-async def test_one_hung_dependency_does_not_slow_another(start_runtime: StartRuntime) -> None:
+async def test_one_hung_dependency_does_not_slow_another(
+    start_runtime: StartRuntime, make_channels: MakeChannels
+) -> None:
     hung = Scripted(iter([]), delay=30)
     healthy = Scripted(iter([]))
     hung_target, healthy_target = (
@@ -168,7 +169,7 @@ async def test_one_hung_dependency_does_not_slow_another(start_runtime: StartRun
     chain = ClientChain(
         retry=ONCE, resilience=Resilience(bulkhead=BulkheadSettings(max_concurrent=4))
     )
-    channels = ChannelFactory(chain=chain)
+    channels = make_channels(chain=chain)
     to_hung = EchoServiceClient(channels.connect(hung_target))
     to_healthy = EchoServiceClient(channels.connect(healthy_target))
 
@@ -193,31 +194,32 @@ async def test_one_hung_dependency_does_not_slow_another(start_runtime: StartRun
     for task in stuck:
         task.cancel()
     await asyncio.gather(*stuck, return_exceptions=True)
-    await channels.close()
 
 
 async def test_client_rate_limit_waits_within_the_deadline_or_fails_fast(
-    start_runtime: StartRuntime,
+    start_runtime: StartRuntime, make_channels: MakeChannels
 ) -> None:
     servicer = Scripted(iter([]))
     target = await serve(start_runtime, servicer)
     waiting = ClientChain(
         retry=ONCE, resilience=Resilience(rate=Rate(per_second=10, burst=2), rate_max_wait=1.0)
     )
-    client = EchoServiceClient(ChannelFactory(chain=waiting).connect(target))
+    client = EchoServiceClient(make_channels(chain=waiting).connect(target))
     started = time.monotonic()
     for _ in range(6):
         await client.echo(pb.EchoRequest())
     assert time.monotonic() - started >= 0.4 - 0.02  # 2 at once, then one per 100 ms
     strict = ClientChain(retry=ONCE, resilience=Resilience(rate=Rate(per_second=1, burst=2)))
-    client = EchoServiceClient(ChannelFactory(chain=strict).connect(target))
+    client = EchoServiceClient(make_channels(chain=strict).connect(target))
     results = [await code_of(client.echo(pb.EchoRequest())) for _ in range(3)]
     assert results[:2] == [(grpc.StatusCode.OK, "")] * 2
     assert results[2] == (grpc.StatusCode.RESOURCE_EXHAUSTED, "CLIENT_RATE_LIMITED")
     assert len(servicer.arrivals) == 8
 
 
-async def test_fallback_answers_while_the_circuit_is_open(start_runtime: StartRuntime) -> None:
+async def test_fallback_answers_while_the_circuit_is_open(
+    start_runtime: StartRuntime, make_channels: MakeChannels
+) -> None:
     servicer = Scripted(forever(lambda: errors.Unavailable("down")))
     target = await serve(start_runtime, servicer)
 
@@ -225,7 +227,7 @@ async def test_fallback_answers_while_the_circuit_is_open(start_runtime: StartRu
         return pb.EchoResponse(message=f"cached {request.message}")
 
     chain = ClientChain(retry=ONCE, resilience=Resilience(breaker=FAST_BREAKER), fallback=cached)
-    client = EchoServiceClient(ChannelFactory(chain=chain).connect(target))
+    client = EchoServiceClient(make_channels(chain=chain).connect(target))
     for _ in range(5):
         await code_of(client.echo(pb.EchoRequest(message="x")))
     reply = await client.echo(pb.EchoRequest(message="x"))

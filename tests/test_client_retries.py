@@ -30,7 +30,7 @@ from interceptors.retry import (
     server_hint,
 )
 from server.application import Application, RuntimeContext
-from tests.conftest import StartRuntime
+from tests.conftest import MakeChannels, StartRuntime
 from tests.support import echo
 from tests.test_metrics import value
 
@@ -88,11 +88,22 @@ async def serve(start_runtime: StartRuntime, servicer: Scripted) -> str:
     return f"127.0.0.1:{runtime.grpc_port}"
 
 
-def client(target: str, chain: ClientChain) -> EchoServiceClient:
-    return EchoServiceClient(ChannelFactory(chain=chain).connect(target))
+Connect = Callable[[str, ClientChain], EchoServiceClient]
 
 
-async def test_non_idempotent_method_is_sent_exactly_once(start_runtime: StartRuntime) -> None:
+@pytest.fixture
+def client(make_channels: MakeChannels) -> Connect:
+    """Echo clients of `target` through `chain`, their channels closed when the test ends."""
+
+    def connect(target: str, chain: ClientChain) -> EchoServiceClient:
+        return EchoServiceClient(make_channels(chain=chain).connect(target))
+
+    return connect
+
+
+async def test_non_idempotent_method_is_sent_exactly_once(
+    start_runtime: StartRuntime, client: Connect
+) -> None:
     servicer = Scripted(forever(unavailable))
     target = await serve(start_runtime, servicer)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -104,7 +115,7 @@ async def test_non_idempotent_method_is_sent_exactly_once(start_runtime: StartRu
 
 
 async def test_idempotent_method_recovers_with_growing_jittered_backoff(
-    start_runtime: StartRuntime,
+    start_runtime: StartRuntime, client: Connect
 ) -> None:
     servicer = Scripted(iter([unavailable(), unavailable()]))
     target = await serve(start_runtime, servicer)
@@ -137,7 +148,9 @@ async def test_real_jitter_varies(start_runtime: StartRuntime) -> None:
     del start_runtime
 
 
-async def test_no_attempt_starts_after_the_deadline(start_runtime: StartRuntime) -> None:
+async def test_no_attempt_starts_after_the_deadline(
+    start_runtime: StartRuntime, client: Connect
+) -> None:
     servicer = Scripted(forever(unavailable), delay=0.03)
     target = await serve(start_runtime, servicer)
     chain = ClientChain(
@@ -154,7 +167,9 @@ async def test_no_attempt_starts_after_the_deadline(start_runtime: StartRuntime)
     assert all(arrived - started < 0.2 for arrived, _, _ in servicer.arrivals)
 
 
-async def test_retry_info_delays_the_next_attempt(start_runtime: StartRuntime) -> None:
+async def test_retry_info_delays_the_next_attempt(
+    start_runtime: StartRuntime, client: Connect
+) -> None:
     servicer = Scripted(iter([errors.Unavailable("busy", retry_after=0.3)]))
     target = await serve(start_runtime, servicer)
     await client(target, ClientChain()).echo(pb.EchoRequest(message="x"))
@@ -162,7 +177,9 @@ async def test_retry_info_delays_the_next_attempt(start_runtime: StartRuntime) -
     assert second - first >= 0.3
 
 
-async def test_negative_pushback_stops_retrying(start_runtime: StartRuntime) -> None:
+async def test_negative_pushback_stops_retrying(
+    start_runtime: StartRuntime, client: Connect
+) -> None:
     async def refuse(context: Context) -> None:
         await context.abort(
             grpc.StatusCode.UNAVAILABLE, "go away", (("grpc-retry-pushback-ms", "-1"),)
@@ -176,7 +193,9 @@ async def test_negative_pushback_stops_retrying(start_runtime: StartRuntime) -> 
     assert len(servicer.arrivals) == 1
 
 
-async def test_permanent_errors_are_never_retried(start_runtime: StartRuntime) -> None:
+async def test_permanent_errors_are_never_retried(
+    start_runtime: StartRuntime, client: Connect
+) -> None:
     servicer = Scripted(
         iter([errors.FailedPrecondition("no"), errors.ResourceExhausted("no hint")])
     )
@@ -189,7 +208,9 @@ async def test_permanent_errors_are_never_retried(start_runtime: StartRuntime) -
     assert len(servicer.arrivals) == 2
 
 
-async def test_retry_budget_caps_attempts_during_an_outage(start_runtime: StartRuntime) -> None:
+async def test_retry_budget_caps_attempts_during_an_outage(
+    start_runtime: StartRuntime, client: Connect
+) -> None:
     servicer = Scripted(forever(unavailable))
     target = await serve(start_runtime, servicer)
     registry = CollectorRegistry()

@@ -10,12 +10,12 @@ import grpc
 import pytest
 
 from clients.chain import ClientChain
-from clients.channel import ChannelFactory, ChannelSettings
+from clients.channel import ChannelSettings
 from clients.settings import ClientSettings, SettingsError
 from grpcplatform.testing.v1 import echo_pb2 as pb
 from grpcplatform.testing.v1.echo_platform import ECHO_SERVICE_METHODS, EchoServiceClient
 from server.config import ConfigError, EnvReader
-from tests.conftest import StartRuntime
+from tests.conftest import MakeChannels, StartRuntime
 from tests.support.net import PYTHON, ROOT, free_port, port_open, service_env
 from tests.test_client_retries import Scripted, serve
 
@@ -101,12 +101,12 @@ def test_bad_dependency_setting_stops_the_service_before_it_binds() -> None:
 
 
 async def test_dependency_bulkhead_from_the_environment_applies(
-    start_runtime: StartRuntime,
+    start_runtime: StartRuntime, make_channels: MakeChannels
 ) -> None:
     servicer = Scripted(iter([]), delay=0.3)
     target = await serve(start_runtime, servicer)
     chain = ClientChain(settings=settings(CLIENT_SLOWPOKE_BULKHEAD_MAX_CONCURRENT="1"))
-    client = EchoServiceClient(ChannelFactory(chain=chain).connect(target, dependency="slowpoke"))
+    client = EchoServiceClient(make_channels(chain=chain).connect(target, dependency="slowpoke"))
     first = asyncio.create_task(client.echo(pb.EchoRequest()))
     await asyncio.sleep(0.05)
     with pytest.raises(grpc.aio.AioRpcError) as caught:

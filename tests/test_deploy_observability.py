@@ -14,13 +14,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from clients.aws import AwsBreakerStates, AwsClients, AwsSettings
 from clients.chain import ClientChain
-from clients.channel import ChannelFactory
 from durable.consumer import Delivery, SqsConsumer
 from durable.saga import SagaEngine
 from grpcplatform.testing.v1 import echo_pb2 as pb
 from grpcplatform.testing.v1.echo_platform import EchoServiceClient
 from interceptors.metrics import RpcMetrics
-from tests.conftest import StartRuntime
+from tests.conftest import MakeChannels, StartRuntime
 from tests.support import echo
 from tests.support.net import HOST, ROOT, http_get
 from tests.test_deploy_k8s import objects, of_kind
@@ -62,14 +61,12 @@ class Unused:
         raise AssertionError("not run")
 
 
-async def exported_series(start_runtime: StartRuntime) -> set[str]:
+async def exported_series(start_runtime: StartRuntime, make_channels: MakeChannels) -> set[str]:
     """Every series name on a real /metrics, with a client chain and AWS clients (opened,
     never called) on the same registry."""
     runtime = await start_runtime(echo.build)
     chain = ClientChain(metrics=RpcMetrics(runtime.registry, "client"))
-    client = EchoServiceClient(
-        ChannelFactory(chain=chain).connect(f"127.0.0.1:{runtime.grpc_port}")
-    )
+    client = EchoServiceClient(make_channels(chain=chain).connect(f"127.0.0.1:{runtime.grpc_port}"))
     await client.echo(pb.EchoRequest(message="x"))
     aws = AwsClients(AwsSettings(endpoint_url=f"http://{HOST}:9"))
     AwsBreakerStates(runtime.registry, aws)
@@ -90,8 +87,10 @@ async def exported_series(start_runtime: StartRuntime) -> set[str]:
     return names
 
 
-async def test_every_series_named_is_one_the_platform_exports(start_runtime: StartRuntime) -> None:
-    exported = await exported_series(start_runtime)
+async def test_every_series_named_is_one_the_platform_exports(
+    start_runtime: StartRuntime, make_channels: MakeChannels
+) -> None:
+    exported = await exported_series(start_runtime, make_channels)
     named = set()
     for expression in [
         *rule_expressions(objects("prod")).values(),

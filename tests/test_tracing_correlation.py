@@ -22,7 +22,7 @@ from grpcplatform.testing.v1.echo_platform import ECHO_SERVICE_METHODS, EchoServ
 from interceptors.call import ServerCall
 from interceptors.correlation import HEADER
 from interceptors.tracing import PropagationLayer
-from tests.conftest import StartRuntime
+from tests.conftest import MakeChannels, StartRuntime
 from tests.support import echo
 from tests.support.net import PYTHON, ROOT
 
@@ -138,7 +138,7 @@ def test_without_an_exporter_the_callers_context_still_flows() -> None:
 
 
 async def test_client_spans_parent_the_downstream_server_span(
-    start_runtime: StartRuntime,
+    start_runtime: StartRuntime, make_channels: MakeChannels
 ) -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
@@ -146,7 +146,7 @@ async def test_client_spans_parent_the_downstream_server_span(
     downstream = await start_runtime(echo.build, tracing=provider)
     chain = ClientChain(tracer=provider.get_tracer("test"))
     client = EchoServiceClient(
-        ChannelFactory(chain=chain).connect(f"127.0.0.1:{downstream.grpc_port}")
+        make_channels(chain=chain).connect(f"127.0.0.1:{downstream.grpc_port}")
     )
     await client.echo(pb.EchoRequest(message="x"))
     spans = {span.kind: span for span in exporter.get_finished_spans()}
