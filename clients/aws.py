@@ -23,9 +23,13 @@ multiply; `ResilientAwsClient` wraps it:
   answered: it counts as a success and is raised unchanged for the caller to
   handle.
 - A long poll (`WaitTimeSeconds`, SQS `receive_message`) waits by design:
-  only time past its wait counts as a slow call. Otherwise an empty queue's
-  poll would be "slow", and as the half-open probe it would re-open the
-  breaker that the consumer shares with the publisher, again and again.
+  only time past its wait counts as a slow call, and outside an inbound call
+  its deadline is the wait plus `default_timeout`. Otherwise an empty
+  queue's poll would be "slow", and as the half-open probe it would re-open
+  the breaker that the consumer shares with the publisher, again and again;
+  and a poll answered a little late would be abandoned after SQS counted its
+  receive, bringing a message nearer its dead-letter queue unseen. (The
+  socket's `read_timeout` is per client: a poller's must exceed its wait.)
 
 Breaker state changes are logged like a gRPC dependency's
 (clients.resilience), and `AwsBreakerStates` exports them as
@@ -164,15 +168,16 @@ class ResilientAwsClient:
 
     async def call(self, operation: str, **params: Any) -> dict[str, Any]:
         budget = remaining_budget()
+        patience = float(params.get("WaitTimeSeconds", 0))
         deadline_at = time.monotonic() + (
-            self.settings.default_timeout if budget is None else max(budget, 0.0)
+            self.settings.default_timeout + patience if budget is None else max(budget, 0.0)
         )
         retryable = safe_to_retry(operation, params)
         self.budget.record_request()
         retry_number = 0
         while True:
             try:
-                return await self._once(operation, params, deadline_at)
+                return await self._once(operation, params, deadline_at, patience)
             except Exception as error:
                 if not is_transient(error):
                     raise
@@ -196,7 +201,7 @@ class ResilientAwsClient:
                 await self.sleep(delay)
 
     async def _once(
-        self, operation: str, params: dict[str, Any], deadline_at: float
+        self, operation: str, params: dict[str, Any], deadline_at: float, patience: float
     ) -> dict[str, Any]:
         breaker = self.breaker
         if breaker is not None and not breaker.allow():
@@ -228,7 +233,6 @@ class ResilientAwsClient:
             raise
         finally:
             if breaker is not None:
-                patience = float(params.get("WaitTimeSeconds", 0))
                 breaker.record(
                     code,
                     time.perf_counter() - started,

@@ -87,14 +87,10 @@ class LedgerAws:
         self.wait_seconds = env.integer("EVENTS_WAIT_SECONDS", "20", minimum=0, maximum=20)
         self.secret_refresh = env.seconds("PAGE_TOKEN_KEY_REFRESH_SECONDS", "300")
         self.clients = AwsClients(AwsSettings.from_env(env, "dynamodb"))
-        # Long polls outlast the usual read timeout and deadline.
+        # Long polls outlast the usual socket read timeout (their deadline, clients.aws).
         polling = AwsSettings.from_env(env, "sqs")
         self.queue_clients = AwsClients(
-            dataclasses.replace(
-                polling,
-                read_timeout=self.wait_seconds + polling.read_timeout,
-                default_timeout=self.wait_seconds + polling.default_timeout,
-            )
+            dataclasses.replace(polling, read_timeout=self.wait_seconds + polling.read_timeout)
         )
         AwsBreakerStates(context.registry, self.clients, self.queue_clients)
         self._dynamodb: ResilientAwsClient | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -131,6 +132,27 @@ async def test_a_long_poll_on_an_empty_queue_closes_a_half_open_breaker(moto: Mo
         assert answer.get("Messages", []) == []
         assert time.monotonic() - started >= 0.9  # it waited: longer than slow_call_seconds
         assert state_of(sqs) is State.CLOSED
+    finally:
+        await clients.close()
+
+
+async def test_a_long_poll_is_given_its_wait_beyond_the_default_timeout(
+    shared_moto: Moto,
+) -> None:
+    """Outside an inbound call a call's deadline is `default_timeout`; a long poll's is its
+    wait on top. Abandoned at the shorter one, a poll that SQS answers with a message
+    would still count that receive, and the message would near its dead-letter queue
+    without being seen."""
+    clients = AwsClients(
+        AwsSettings(endpoint_url=shared_moto.url, read_timeout=5.0, default_timeout=0.5)
+    )
+    try:
+        sqs = await clients.client("sqs")
+        url = (await sqs.create_queue(QueueName=f"patient-{uuid.uuid4().hex[:8]}"))["QueueUrl"]
+        started = time.monotonic()
+        answer = await sqs.receive_message(QueueUrl=url, WaitTimeSeconds=2)
+        assert answer.get("Messages", []) == []
+        assert time.monotonic() - started >= 1.9
     finally:
         await clients.close()
 
