@@ -471,11 +471,11 @@ def test_callers_prove_who_they_are_and_only_transfers_moves_money(
         ].endswith("/ca.crt")
 
     # Accounts: its rules name only its own methods, and only Transfers' identity
-    # (its certificate's common name) may withdraw or deposit.
+    # (its certificate's common name) may withdraw, deposit or release a hold.
     rules = AuthorizationPolicy.parse(EnvReader(configs["accounts-config"]).names("AUTHZ_RULES"))
     assert rules.unmatched(p.full_method for p in ACCOUNTS_METHODS.values()) == []
     identity = transfers["spec"]["commonName"]
-    for method in ("Withdraw", "Deposit"):
+    for method in ("Withdraw", "Deposit", "ReleaseHold"):
         assert rules.callers_for(f"/ledger.v1.Accounts/{method}") == frozenset({identity})
     assert rules.callers_for("/ledger.v1.Accounts/GetAccount") is None  # any caller of the CA
 

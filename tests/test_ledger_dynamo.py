@@ -8,12 +8,13 @@ import os
 import subprocess
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import pytest
 from botocore.exceptions import ClientError
-from google.rpc.error_details_pb2 import PreconditionFailure, QuotaFailure
+from google.rpc.error_details_pb2 import BadRequest, PreconditionFailure, QuotaFailure
 from prometheus_client.parser import text_string_to_metric_families
 
 from clients.aws import AwsClients, AwsSettings, ResilientAwsClient
@@ -282,6 +283,56 @@ async def test_a_hold_keeps_an_account_open_until_a_deposit_releases_it(ledger: 
     assert await ledger.holds(held) == []
     closed = await ledger.close(held)
     assert closed.account.state == accounts_pb2.ACCOUNT_STATE_CLOSED
+
+
+async def test_release_hold_frees_an_account_without_moving_money(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    held = await ledger.open(balance=50)
+    hold_id = rid()
+    await ledger.accounts.withdraw(
+        accounts_pb2.WithdrawRequest(
+            request_id=rid(), account_id=held, amount=eur(50), hold_id=hold_id
+        )
+    )
+    release = accounts_pb2.ReleaseHoldRequest(
+        request_id=rid(),
+        hold=accounts_pb2.Hold(account_id=held, hold_id=hold_id),
+        reason="its transfer was settled by hand",
+    )
+    first = await ledger.accounts.release_hold(release)
+    assert first.released
+    assert list(first.account.hold_ids) == []
+    assert first.account.balance_minor_units == 0
+    assert (await ledger.accounts.release_hold(release)).released  # a repeat: its answer
+    again = await ledger.accounts.release_hold(
+        accounts_pb2.ReleaseHoldRequest(request_id=rid(), hold=release.hold, reason="again")
+    )
+    assert not again.released  # a new request finds nothing to release
+    assert (await ledger.close(held)).account.state == accounts_pb2.ACCOUNT_STATE_CLOSED
+    by_hand = [r for r in caplog.records if r.getMessage() == "hold release by hand"]
+    assert [(r.hold_id, r.released, r.reason) for r in by_hand] == [  # type: ignore[attr-defined]
+        (hold_id, True, "its transfer was settled by hand"),
+        (hold_id, True, "its transfer was settled by hand"),
+        (hold_id, False, "again"),
+    ]
+
+    nowhere = await failure(
+        ledger.accounts.release_hold(
+            accounts_pb2.ReleaseHoldRequest(
+                request_id=rid(), hold=accounts_pb2.Hold(account_id=rid(), hold_id="h"), reason="x"
+            )
+        )
+    )
+    assert nowhere.code() == grpc.StatusCode.NOT_FOUND
+    unexplained = await failure(
+        ledger.accounts.release_hold(
+            accounts_pb2.ReleaseHoldRequest(request_id=rid(), hold=release.hold)
+        )
+    )
+    assert unexplained.code() == grpc.StatusCode.INVALID_ARGUMENT
+    (violations,) = [d for d in details_of(unexplained) if isinstance(d, BadRequest)]
+    assert [v.field for v in violations.field_violations] == ["reason"]
 
 
 async def test_a_transfer_can_always_refund_an_emptied_source(ledger: Ledger) -> None:
@@ -624,13 +675,40 @@ def test_dynamodb_transaction_conflicts_are_retried_not_internal() -> None:
     assert contended().transient  # ABORTED with RetryInfo: the caller may retry
 
 
-async def test_an_operator_settles_a_transfer_stuck_on_a_reused_request(
+Settle = Callable[..., Awaitable[subprocess.CompletedProcess[str]]]
+
+
+@dataclass
+class StuckTransfer:
+    """A transfer whose credit's request_id was used before with other content (as by
+    another version of Transfers): Accounts refuses the credit for ever."""
+
+    ledger: Ledger
+    source: str
+    destination: str
+    transfer_id: str
+    credit: str
+    settle: Settle  # `services.transfers.settle <transfer_id> ...` as a process
+
+    async def ended(self) -> transfers_pb2.Transfer:
+        """The transfer once it has left PENDING: a verdict applies when the lease has
+        passed and recovery resumes the saga."""
+        for _ in range(200):
+            got = await self.ledger.transfers.get_transfer(
+                transfers_pb2.GetTransferRequest(transfer_id=self.transfer_id)
+            )
+            if got.transfer.state != transfers_pb2.TRANSFER_STATE_PENDING:
+                break
+            await asyncio.sleep(0.05)
+        return got.transfer
+
+
+@pytest.fixture
+async def stuck(
     start_runtime: StartRuntime, single_attempt_channels: ChannelFactory, shared_moto: Moto
-) -> None:
-    """The credit's request_id was used before with other content (as by another version
-    of Transfers): Accounts refuses it for ever, the transfer stays PENDING. A person
-    finds that the credit never happened and says so with `services.transfers.settle`,
-    run as a process with the service's settings: the debit is refunded."""
+) -> Callable[[int], Awaitable[StuckTransfer]]:
+    """`stuck(earlier)`: a transfer of 20 from a source holding 50, whose credit's
+    request_id deposited `earlier` before, without releasing the source's hold."""
     env = shared_moto.ledger_env(SAGA_DEADLINE_SECONDS="0.5", SAGA_LEASE_SECONDS="1")
     accounts_runtime = await start_runtime(build_accounts, **env)
     target = f"127.0.0.1:{accounts_runtime.grpc_port}"
@@ -641,26 +719,43 @@ async def test_an_operator_settles_a_transfer_stuck_on_a_reused_request(
             single_attempt_channels.connect(f"127.0.0.1:{transfers_runtime.grpc_port}")
         ),
     )
-    source, destination = await ledger.open(balance=50), await ledger.open()
-    request = ledger.transfer_request(source, destination, 20)
-    transfer_id = str(uuid.uuid5(TRANSFER_IDS, request.request_id))
-    credit = step_request_id(transfer_id, "CREDIT_DESTINATION")
-    await ledger.deposit(destination, 1, request_id=credit)  # the earlier, other request
-    pending = (await ledger.transfers.create_transfer(request)).transfer
-    assert pending.state == transfers_pb2.TRANSFER_STATE_PENDING
-    assert await ledger.holds(source) == [transfer_id]
 
-    async def settle(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
-        command = [PYTHON, "-m", "services.transfers.settle", transfer_id, *args]
-        return await asyncio.to_thread(
-            subprocess.run,
-            command,
-            cwd=ROOT,
-            env={**os.environ, **env, **settings},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+    async def make(earlier: int) -> StuckTransfer:
+        source, destination = await ledger.open(balance=50), await ledger.open()
+        request = ledger.transfer_request(source, destination, 20)
+        transfer_id = str(uuid.uuid5(TRANSFER_IDS, request.request_id))
+        credit = step_request_id(transfer_id, "CREDIT_DESTINATION")
+        await ledger.deposit(destination, earlier, request_id=credit)
+        pending = (await ledger.transfers.create_transfer(request)).transfer
+        assert pending.state == transfers_pb2.TRANSFER_STATE_PENDING
+        assert await ledger.holds(source) == [transfer_id]
+
+        async def settle(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
+            command = [PYTHON, "-m", "services.transfers.settle", transfer_id, *args]
+            return await asyncio.to_thread(
+                subprocess.run,
+                command,
+                cwd=ROOT,
+                env={**os.environ, **env, "ACCOUNTS_TARGET": target, **settings},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        return StuckTransfer(ledger, source, destination, transfer_id, credit, settle)
+
+    return make
+
+
+async def test_an_operator_settles_a_transfer_stuck_on_a_reused_request(
+    stuck: Callable[[int], Awaitable[StuckTransfer]],
+) -> None:
+    """A person finds that the credit never happened and says so with
+    `services.transfers.settle`, run as a process with the service's settings: the debit
+    is refunded."""
+    case = await stuck(1)
+    ledger, source, destination = case.ledger, case.source, case.destination
+    transfer_id, credit, settle = case.transfer_id, case.credit, case.settle
 
     shown = await settle()  # what to look up
     assert shown.returncode == 0, shown.stderr
@@ -681,14 +776,7 @@ async def test_an_operator_settles_a_transfer_stuck_on_a_reused_request(
     assert done.returncode == 0, done.stderr
     assert f"request_id {credit}" in done.stdout
 
-    for _ in range(200):  # applied when the lease has passed and recovery resumes it
-        got = await ledger.transfers.get_transfer(
-            transfers_pb2.GetTransferRequest(transfer_id=transfer_id)
-        )
-        if got.transfer.state != transfers_pb2.TRANSFER_STATE_PENDING:
-            break
-        await asyncio.sleep(0.05)
-    transfer = got.transfer
+    transfer = await case.ended()
     assert transfer.state == transfers_pb2.TRANSFER_STATE_FAILED
     assert transfer.failure_reason == f"SETTLED: {credit} deposited 1, not 20"
     outcomes = [(step.name, step.outcome) for step in transfer.history]
@@ -700,3 +788,42 @@ async def test_an_operator_settles_a_transfer_stuck_on_a_reused_request(
     ]
     assert (await ledger.balance(source), await ledger.balance(destination)) == (50, 1)
     assert await ledger.holds(source) == []  # the refund released the debit's hold
+
+
+async def test_an_operator_releases_the_hold_a_settled_credit_left(
+    stuck: Callable[[int], Awaitable[StuckTransfer]],
+) -> None:
+    """The earlier request was the same credit, sent without the hold's release (as by a
+    Transfers from before holds): settled as taken effect, the transfer completes and the
+    source stays held until `settle release-hold`, which waits for the transfer's end."""
+    case = await stuck(20)
+    ledger, source, settle = case.ledger, case.source, case.settle
+    early = await settle("release-hold", "--reason", "too early")
+    assert early.returncode == 1
+    assert early.stderr.strip() == (
+        f"refused: transfer {case.transfer_id} is RUNNING: its credit or its refund "
+        "releases the hold"
+    )
+    assert await ledger.holds(source) == [case.transfer_id]
+    verdict = await settle(
+        "CREDIT_DESTINATION", "took-effect", "--reason", f"{case.credit} deposited the 20"
+    )
+    assert verdict.returncode == 0, verdict.stderr
+    assert (await case.ended()).state == transfers_pb2.TRANSFER_STATE_COMPLETED
+    assert (await ledger.balance(source), await ledger.balance(case.destination)) == (30, 20)
+    assert await ledger.holds(source) == [case.transfer_id]  # nothing released it
+
+    unreachable = await settle("release-hold", "--reason", "x", ACCOUNTS_TARGET="127.0.0.1:9")
+    assert unreachable.returncode == 3
+    assert unreachable.stderr.startswith("failed: Accounts answered UNAVAILABLE")
+    assert len(unreachable.stderr.strip().splitlines()) == 1
+    released = await settle("release-hold", "--reason", "credit settled as taken effect")
+    assert released.returncode == 0, released.stderr
+    where = f"hold {case.transfer_id} on account {source}"
+    assert released.stdout.strip() == f"released: {where}"
+    assert await ledger.holds(source) == []
+    assert await ledger.balance(source) == 30  # no money moved
+    again = await settle("release-hold", "--reason", "run twice")
+    assert again.stdout.strip() == f"nothing to release: no {where}"
+    misused = await settle("release-hold", "took-effect", "--reason", "x")
+    assert misused.returncode == 2

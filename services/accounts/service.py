@@ -17,6 +17,7 @@ credit was refunded, and the money would need a person.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -38,12 +39,13 @@ from interceptors.errors import (
 from ledger.v1 import accounts_pb2 as pb
 from ledger.v1 import money_pb2
 from ledger.v1.accounts_platform import AccountsServicer
-from services.accounts.table import AccountsTable
+from services.accounts.table import AccountsTable, drop_hold
 
 DEFAULT_PAGE_SIZE = 50
 # Holds per account: each is a few dozen bytes of an item DynamoDB caps at 400 KB.
 MAX_HOLDS = 1000
 SCOPE = "ledger.v1.Accounts"
+_log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -228,18 +230,27 @@ class AccountsService(AccountsServicer):
         response_type: type[Any],
         apply: Callable[[pb.Account], None],
         release: pb.Hold | None = None,
+        account_id: str | None = None,
+        respond: Callable[[pb.Account], Message] | None = None,
     ) -> Any:
+        """Applies `apply` to the account (`request.account_id` unless given) as one
+        idempotent write; answers `response_type(account=...)` unless `respond` is given."""
+        answer = respond or (lambda account: response_type(account=account))
+
         async def effect(claim: Claim) -> Message:
             def checked(account: pb.Account) -> None:
                 apply(account)
                 account.update_time.CopyFrom(self._now())
 
-            record = self._recording(claim, lambda account: response_type(account=account))
             account = await self._table.change(
-                request.account_id, checked, record, claim.token, release
+                account_id or request.account_id,
+                checked,
+                self._recording(claim, answer),
+                claim.token,
+                release,
             )
             claim.committed = True
-            return response_type(account=account)  # type: ignore[no-any-return]
+            return answer(account)
 
         return await self._idempotency.run(
             f"{SCOPE}/{method}", request.request_id, request, response_type, effect
@@ -281,5 +292,34 @@ class AccountsService(AccountsServicer):
 
         response: pb.CloseAccountResponse = await self._change(
             "CloseAccount", request, pb.CloseAccountResponse, close
+        )
+        return response
+
+    async def release_hold(
+        self, request: pb.ReleaseHoldRequest, context: Context
+    ) -> pb.ReleaseHoldResponse:
+        released = False
+
+        def release(account: pb.Account) -> None:
+            nonlocal released  # set again on each attempt after a conflict
+            released = drop_hold(account, request.hold.hold_id)
+
+        response: pb.ReleaseHoldResponse = await self._change(
+            "ReleaseHold",
+            request,
+            pb.ReleaseHoldResponse,
+            release,
+            account_id=request.hold.account_id,
+            respond=lambda account: pb.ReleaseHoldResponse(account=account, released=released),
+        )
+        # Money-adjacent and done by hand: every answer is kept, with the reason given.
+        _log.warning(
+            "hold release by hand",
+            extra={
+                "account_id": request.hold.account_id,
+                "hold_id": request.hold.hold_id,
+                "released": response.released,
+                "reason": request.reason,
+            },
         )
         return response

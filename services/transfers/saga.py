@@ -127,14 +127,14 @@ class TransferSaga:
         }
 
     @staticmethod
-    def _source_hold(saga: Saga) -> accounts_pb2.Hold | None:
+    def source_hold(saga: Saga) -> accounts_pb2.Hold | None:
         if not saga.payload.get("hold_source"):
             return None
         return accounts_pb2.Hold(account_id=saga.payload["source"], hold_id=saga.saga_id)
 
     async def _debit(self, saga: Saga) -> None:
         movement = self._movement(saga, "DEBIT_SOURCE", "source")
-        hold = self._source_hold(saga)
+        hold = self.source_hold(saga)
         await self._accounts.withdraw(
             accounts_pb2.WithdrawRequest(**movement, hold_id=hold.hold_id if hold else "")
         )
@@ -142,13 +142,13 @@ class TransferSaga:
     async def _credit(self, saga: Saga) -> None:
         movement = self._movement(saga, "CREDIT_DESTINATION", "destination")
         await self._accounts.deposit(
-            accounts_pb2.DepositRequest(**movement, release_hold=self._source_hold(saga))
+            accounts_pb2.DepositRequest(**movement, release_hold=self.source_hold(saga))
         )
 
     async def _refund(self, saga: Saga) -> None:
         movement = self._movement(saga, "REFUND_SOURCE", "source")
         await self._accounts.deposit(
-            accounts_pb2.DepositRequest(**movement, release_hold=self._source_hold(saga))
+            accounts_pb2.DepositRequest(**movement, release_hold=self.source_hold(saga))
         )
 
     def permanent(self, error: BaseException) -> str | None:

@@ -19,9 +19,22 @@ refund itself, the transfer ends FAILED with COMPENSATION_FAILED. Transfers
 repeats the step once more first: the verdict decides only if Accounts still
 refuses it as reused (durable.saga.settle); the history shows which
 (outcome SETTLED, with the reason). Every Transfers pod must run a version
-that knows verdicts. Exit codes: 0 done, 1 refused (ended, not past its
-deadline, not stuck on that step, a verdict already pending), 2 bad
-arguments or settings, 3 AWS failed; errors are one line on stderr.
+that knows verdicts.
+
+A transfer that has ended can leave its hold on the source: a credit settled
+as taken effect whose earlier request did not release it, or a refund that
+failed (COMPENSATION_FAILED) once a person has put the money right. Then
+
+    ... settle <transfer_id> release-hold --reason "<why>"
+
+asks Accounts to release it (ReleaseHold, as Transfers: its certificate and
+channel settings), refused while the transfer is still running, since its
+credit or refund releases the hold and the hold keeps a refund's account open.
+
+Exit codes: 0 done, 1 refused (ended, not past its deadline, not stuck on that
+step, a verdict already pending; for release-hold, still running or no hold
+placed), 2 bad arguments or settings, 3 AWS or Accounts failed; errors are
+one line on stderr.
 """
 
 from __future__ import annotations
@@ -34,16 +47,21 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import grpc
+
 from clients.aws import AwsClients, AwsSettings
-from clients.channel import ChannelFactory
-from clients.settings import SettingsError
+from clients.chain import ClientChain
+from clients.channel import ChannelFactory, ChannelSettings
+from clients.settings import ClientSettings, SettingsError
 from durable.saga import SagaEngine, SettleRefused
+from ledger.v1 import accounts_pb2
 from ledger.v1.accounts_platform import AccountsClient
 from server.config import ConfigError, EnvReader
 from services.resources import LedgerNames
 from services.transfers.saga import TransferSaga, step_request_id
 
 OUTCOMES = {"took-effect": True, "did-not-take-effect": False}
+RELEASE_HOLD = "release-hold"
 EXIT_REFUSED, EXIT_CONFIG, EXIT_FAILED = 1, 2, 3
 
 
@@ -57,21 +75,27 @@ class NoPublishing:
 async def run(
     env: EnvReader, transfer_id: str, step: str | None, took_effect: bool, reason: str
 ) -> str:
-    """Shows the transfer (no `step`) or settles `step`; the line to print."""
+    """Shows the transfer (no `step`), settles `step`, or releases the transfer's hold
+    (`release-hold`); the line to print."""
     names = LedgerNames(env.string("LEDGER_NAME", "ledger-local"))
     clients = AwsClients(AwsSettings.from_env(env, "dynamodb"))
-    channels = ChannelFactory()  # the definition's steps are named, never run, here
+    # As the Transfers service calls Accounts: its TLS identity and client policies.
+    channels = ChannelFactory(
+        ChannelSettings.from_env(env), ClientChain(settings=ClientSettings(env))
+    )
     try:
-        target = env.string("ACCOUNTS_TARGET", "127.0.0.1:50051")  # never called
-        accounts = AccountsClient(channels.connect(target))
+        target = env.string("ACCOUNTS_TARGET", "127.0.0.1:50051")
+        accounts = AccountsClient(channels.connect(target, dependency="accounts"))
         engine = SagaEngine(
             await clients.client("dynamodb"),
             names.transfers,
-            [TransferSaga(accounts)],
+            [TransferSaga(accounts)],  # its steps are named, never run, here
             NoPublishing(),
         )
         if step is None:
             return await show(engine, transfer_id)
+        if step == RELEASE_HOLD:
+            return await release_hold(engine, accounts, transfer_id, reason)
         await engine.settle(transfer_id, step, took_effect, reason)
     finally:
         await channels.close()
@@ -98,6 +122,27 @@ async def show(engine: SagaEngine, transfer_id: str) -> str:
     return line
 
 
+async def release_hold(
+    engine: SagaEngine, accounts: AccountsClient, transfer_id: str, reason: str
+) -> str:
+    saga = await engine.get(transfer_id)
+    if saga is None:
+        raise SettleRefused(f"no saga {transfer_id}")
+    if not saga.finished:
+        raise SettleRefused(
+            f"transfer {transfer_id} is {saga.status}: its credit or its refund releases the hold"
+        )
+    hold = TransferSaga.source_hold(saga)
+    if hold is None:
+        raise SettleRefused(f"transfer {transfer_id} placed no hold (started before holds)")
+    # A request of its own each time: a second run with another reason is a new request.
+    answer = await accounts.release_hold(
+        accounts_pb2.ReleaseHoldRequest(request_id=str(uuid.uuid4()), hold=hold, reason=reason)
+    )
+    where = f"hold {hold.hold_id} on account {hold.account_id}"
+    return f"released: {where}" if answer.released else f"nothing to release: no {where}"
+
+
 def transfer_id_of(text: str) -> str:
     try:
         return str(uuid.UUID(text))
@@ -118,12 +163,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("transfer_id", type=transfer_id_of)
     parser.add_argument(
-        "step", nargs="?", help="DEBIT_SOURCE, CREDIT_DESTINATION or REFUND_SOURCE; none: show"
+        "step",
+        nargs="?",
+        help="DEBIT_SOURCE, CREDIT_DESTINATION or REFUND_SOURCE, or release-hold; none: show",
     )
     parser.add_argument("outcome", nargs="?", choices=sorted(OUTCOMES))
     parser.add_argument("--reason", type=reason_of, help="what was found, kept in the history")
     args = parser.parse_args(argv)
-    if args.step is not None and (args.outcome is None or args.reason is None):
+    if args.step == RELEASE_HOLD and (args.outcome is not None or args.reason is None):
+        parser.error("release-hold takes --reason and no outcome")
+    if args.step not in (None, RELEASE_HOLD) and (args.outcome is None or args.reason is None):
         parser.error("settling a step needs its outcome and --reason")
     try:
         message = asyncio.run(
@@ -141,6 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettleRefused as error:
         print(f"refused: {error}", file=sys.stderr)
         return EXIT_REFUSED
+    except grpc.aio.AioRpcError as error:  # Accounts refused or unreachable
+        print(f"failed: Accounts answered {error.code().name}: {error.details()}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as error:  # AWS unreachable or denied: one line, no traceback
         print(f"failed: {type(error).__name__}: {str(error)[:300]}", file=sys.stderr)
         return EXIT_FAILED

@@ -66,6 +66,11 @@ class AccountsStub:
                 request_serializer=ledger_dot_v1_dot_accounts__pb2.CloseAccountRequest.SerializeToString,
                 response_deserializer=ledger_dot_v1_dot_accounts__pb2.CloseAccountResponse.FromString,
                 _registered_method=True)
+        self.ReleaseHold = channel.unary_unary(
+                '/ledger.v1.Accounts/ReleaseHold',
+                request_serializer=ledger_dot_v1_dot_accounts__pb2.ReleaseHoldRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_accounts__pb2.ReleaseHoldResponse.FromString,
+                _registered_method=True)
 
 
 class AccountsServicer:
@@ -117,6 +122,17 @@ class AccountsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReleaseHold(self, request, context):
+        """ReleaseHold releases a hold without moving money, for a hold whose
+        releasing write will never come: a transfer a person settled (see
+        `services.transfers.settle release-hold`, which calls it only for a
+        transfer that has ended). A hold that is not there is left alone
+        (`released` false).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccountsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -149,6 +165,11 @@ def add_AccountsServicer_to_server(servicer, server):
                     servicer.CloseAccount,
                     request_deserializer=ledger_dot_v1_dot_accounts__pb2.CloseAccountRequest.FromString,
                     response_serializer=ledger_dot_v1_dot_accounts__pb2.CloseAccountResponse.SerializeToString,
+            ),
+            'ReleaseHold': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseHold,
+                    request_deserializer=ledger_dot_v1_dot_accounts__pb2.ReleaseHoldRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_accounts__pb2.ReleaseHoldResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -315,6 +336,33 @@ class Accounts:
             '/ledger.v1.Accounts/CloseAccount',
             ledger_dot_v1_dot_accounts__pb2.CloseAccountRequest.SerializeToString,
             ledger_dot_v1_dot_accounts__pb2.CloseAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseHold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ledger.v1.Accounts/ReleaseHold',
+            ledger_dot_v1_dot_accounts__pb2.ReleaseHoldRequest.SerializeToString,
+            ledger_dot_v1_dot_accounts__pb2.ReleaseHoldResponse.FromString,
             options,
             channel_credentials,
             insecure,

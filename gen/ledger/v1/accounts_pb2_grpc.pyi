@@ -51,6 +51,13 @@ class AccountsStub:
     """CloseAccount closes an account whose balance is zero and that has no
     hold (see WithdrawRequest.hold_id).
     """
+    ReleaseHold: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.ReleaseHoldRequest, _accounts_pb2.ReleaseHoldResponse]
+    """ReleaseHold releases a hold without moving money, for a hold whose
+    releasing write will never come: a transfer a person settled (see
+    `services.transfers.settle release-hold`, which calls it only for a
+    transfer that has ended). A hold that is not there is left alone
+    (`released` false).
+    """
 
 @_typing.type_check_only
 class AccountsAsyncStub(AccountsStub):
@@ -74,6 +81,13 @@ class AccountsAsyncStub(AccountsStub):
     CloseAccount: _aio.UnaryUnaryMultiCallable[_accounts_pb2.CloseAccountRequest, _accounts_pb2.CloseAccountResponse]  # type: ignore[assignment]
     """CloseAccount closes an account whose balance is zero and that has no
     hold (see WithdrawRequest.hold_id).
+    """
+    ReleaseHold: _aio.UnaryUnaryMultiCallable[_accounts_pb2.ReleaseHoldRequest, _accounts_pb2.ReleaseHoldResponse]  # type: ignore[assignment]
+    """ReleaseHold releases a hold without moving money, for a hold whose
+    releasing write will never come: a transfer a person settled (see
+    `services.transfers.settle release-hold`, which calls it only for a
+    transfer that has ended). A hold that is not there is left alone
+    (`released` false).
     """
 
 class AccountsServicer(metaclass=_abc_1.ABCMeta):
@@ -131,6 +145,19 @@ class AccountsServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_accounts_pb2.CloseAccountResponse, _abc.Awaitable[_accounts_pb2.CloseAccountResponse]]:
         """CloseAccount closes an account whose balance is zero and that has no
         hold (see WithdrawRequest.hold_id).
+        """
+
+    @_abc_1.abstractmethod
+    def ReleaseHold(
+        self,
+        request: _accounts_pb2.ReleaseHoldRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_accounts_pb2.ReleaseHoldResponse, _abc.Awaitable[_accounts_pb2.ReleaseHoldResponse]]:
+        """ReleaseHold releases a hold without moving money, for a hold whose
+        releasing write will never come: a transfer a person settled (see
+        `services.transfers.settle release-hold`, which calls it only for a
+        transfer that has ended). A hold that is not there is left alone
+        (`released` false).
         """
 
 def add_AccountsServicer_to_server(servicer: AccountsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -59,6 +59,13 @@ ACCOUNTS_METHODS: Mapping[str, MethodPolicy] = {
         idempotency=Idempotency.IDEMPOTENT,
         default_deadline=2.0,
     ),
+    "ReleaseHold": MethodPolicy(
+        service="ledger.v1.Accounts",
+        method="ReleaseHold",
+        arity=Arity.UNARY_UNARY,
+        idempotency=Idempotency.IDEMPOTENT,
+        default_deadline=2.0,
+    ),
 }
 
 
@@ -116,6 +123,14 @@ class AccountsServicer:
         """CloseAccount closes an account whose balance is zero and that has no hold (see WithdrawRequest.hold_id)."""
         raise NotImplementedError
 
+    async def release_hold(
+        self,
+        request: ledger_v1_accounts_pb2.ReleaseHoldRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> ledger_v1_accounts_pb2.ReleaseHoldResponse:
+        """ReleaseHold releases a hold without moving money, for a hold whose releasing write will never come: a transfer a person settled (see `services.transfers.settle release-hold`, which calls it only for a transfer that has ended). A hold that is not there is left alone (`released` false)."""
+        raise NotImplementedError
+
     def rpc_method_handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
         """The handlers of the methods this object overrides, by method name."""
         handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
@@ -154,6 +169,12 @@ class AccountsServicer:
                 self.close_account,
                 request_deserializer=ledger_v1_accounts_pb2.CloseAccountRequest.FromString,
                 response_serializer=ledger_v1_accounts_pb2.CloseAccountResponse.SerializeToString,
+            )
+        if type(self).release_hold is not AccountsServicer.release_hold:
+            handlers["ReleaseHold"] = grpc.unary_unary_rpc_method_handler(
+                self.release_hold,
+                request_deserializer=ledger_v1_accounts_pb2.ReleaseHoldRequest.FromString,
+                response_serializer=ledger_v1_accounts_pb2.ReleaseHoldResponse.SerializeToString,
             )
         return handlers
 
@@ -210,6 +231,14 @@ class AccountsClient:
             "/ledger.v1.Accounts/CloseAccount",
             request_serializer=ledger_v1_accounts_pb2.CloseAccountRequest.SerializeToString,
             response_deserializer=ledger_v1_accounts_pb2.CloseAccountResponse.FromString,
+            **_REGISTERED,
+        )
+        self._release_hold: grpc.aio.UnaryUnaryMultiCallable[
+            ledger_v1_accounts_pb2.ReleaseHoldRequest, ledger_v1_accounts_pb2.ReleaseHoldResponse
+        ] = channel.unary_unary(
+            "/ledger.v1.Accounts/ReleaseHold",
+            request_serializer=ledger_v1_accounts_pb2.ReleaseHoldRequest.SerializeToString,
+            response_deserializer=ledger_v1_accounts_pb2.ReleaseHoldResponse.FromString,
             **_REGISTERED,
         )
 
@@ -272,3 +301,13 @@ class AccountsClient:
     ) -> ledger_v1_accounts_pb2.CloseAccountResponse:
         """CloseAccount closes an account whose balance is zero and that has no hold (see WithdrawRequest.hold_id)."""
         return await self._invoker.unary_unary(self._close_account, ACCOUNTS_METHODS["CloseAccount"], request, timeout=timeout, metadata=metadata)
+
+    async def release_hold(
+        self,
+        request: ledger_v1_accounts_pb2.ReleaseHoldRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> ledger_v1_accounts_pb2.ReleaseHoldResponse:
+        """ReleaseHold releases a hold without moving money, for a hold whose releasing write will never come: a transfer a person settled (see `services.transfers.settle release-hold`, which calls it only for a transfer that has ended). A hold that is not there is left alone (`released` false)."""
+        return await self._invoker.unary_unary(self._release_hold, ACCOUNTS_METHODS["ReleaseHold"], request, timeout=timeout, metadata=metadata)
