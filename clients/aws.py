@@ -6,7 +6,7 @@ connect/read timeouts and botocore's own retries turned off
 multiply; `ResilientAwsClient` wraps it:
 
 - every call gets a deadline: what is left of the inbound call being served
-  (interceptors.deadline), else `default_timeout`;
+  (interceptors.deadline), else `default_timeout` (plus a long poll's wait);
 - a circuit breaker and a bulkhead per AWS service (interceptors.breaker,
   interceptors.bulkhead), with the same settings types as gRPC dependencies;
 - retries (interceptors.retry backoff and budget) only for operations that

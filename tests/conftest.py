@@ -7,7 +7,7 @@ import os
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -62,7 +62,9 @@ def channels_closed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     process-wide between channels of the same settings, so an open channel whose target
     went away keeps that address in reconnect backoff, and a later test's server on the
     same port 0 is refused ("Connection refused" while it listens) until the backoff ends.
-    Checked after the other fixtures' teardown, so runtimes have closed their own."""
+    Checked after the other function-scoped fixtures' teardown, so runtimes have closed
+    their own. A wider-scoped fixture must not open grpc.aio channels during a test (it
+    would be flagged, and its channel closed); sync `grpc` channels are not tracked."""
     # grpc.aio's concrete channel and its core channel are private (no stubs): Any.
     channel_class: Any = importlib.import_module("grpc.aio._channel").Channel
     opened: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
@@ -135,7 +137,10 @@ def moto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Moto]:
     server.stop()
 
 
-MakeChannels = Callable[..., ChannelFactory]
+class MakeChannels(Protocol):
+    def __call__(
+        self, settings: ChannelSettings | None = None, chain: ClientChain | None = None
+    ) -> ChannelFactory: ...
 
 
 @pytest.fixture

@@ -144,15 +144,15 @@ async def test_a_long_poll_is_given_its_wait_beyond_the_default_timeout(
     would still count that receive, and the message would near its dead-letter queue
     without being seen."""
     clients = AwsClients(
-        AwsSettings(endpoint_url=shared_moto.url, read_timeout=5.0, default_timeout=0.5)
+        AwsSettings(endpoint_url=shared_moto.url, read_timeout=6.0, default_timeout=1.0)
     )
     try:
         sqs = await clients.client("sqs")
         url = (await sqs.create_queue(QueueName=f"patient-{uuid.uuid4().hex[:8]}"))["QueueUrl"]
         started = time.monotonic()
-        answer = await sqs.receive_message(QueueUrl=url, WaitTimeSeconds=2)
+        answer = await sqs.receive_message(QueueUrl=url, WaitTimeSeconds=3)
         assert answer.get("Messages", []) == []
-        assert time.monotonic() - started >= 1.9
+        assert time.monotonic() - started >= 2.9
     finally:
         await clients.close()
 

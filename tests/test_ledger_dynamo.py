@@ -288,7 +288,7 @@ async def test_a_hold_keeps_an_account_open_until_a_deposit_releases_it(ledger: 
 async def test_release_hold_frees_an_account_without_moving_money(
     ledger: Ledger, caplog: pytest.LogCaptureFixture
 ) -> None:
-    held = await ledger.open(balance=50)
+    held = await ledger.open(balance=80)
     hold_id = rid()
     await ledger.accounts.withdraw(
         accounts_pb2.WithdrawRequest(
@@ -303,18 +303,24 @@ async def test_release_hold_frees_an_account_without_moving_money(
     first = await ledger.accounts.release_hold(release)
     assert first.released
     assert list(first.account.hold_ids) == []
-    assert first.account.balance_minor_units == 0
+    assert first.account.balance_minor_units == 30  # no money moved
     assert (await ledger.accounts.release_hold(release)).released  # a repeat: its answer
     again = await ledger.accounts.release_hold(
         accounts_pb2.ReleaseHoldRequest(request_id=rid(), hold=release.hold, reason="again")
     )
     assert not again.released  # a new request finds nothing to release
-    assert (await ledger.close(held)).account.state == accounts_pb2.ACCOUNT_STATE_CLOSED
-    by_hand = [r for r in caplog.records if r.getMessage() == "hold release by hand"]
-    assert [(r.hold_id, r.released, r.reason) for r in by_hand] == [  # type: ignore[attr-defined]
-        (hold_id, True, "its transfer was settled by hand"),
-        (hold_id, True, "its transfer was settled by hand"),
-        (hold_id, False, "again"),
+    assert await ledger.balance(held) == 30
+    lines: list[Any] = [r for r in caplog.records if r.getMessage().startswith("hold release")]
+    assert [(r.getMessage(), r.hold_id) for r in lines] == [
+        (message, hold_id)
+        for _ in range(3)
+        for message in ("hold release requested", "hold release answered")
+    ]
+    assert [r.reason for r in lines[0::2]] == [release.reason, release.reason, "again"]
+    assert [(r.released, r.repeat) for r in lines[1::2]] == [
+        (True, False),
+        (True, True),  # answered from the record: nothing written
+        (False, False),
     ]
 
     nowhere = await failure(
@@ -676,18 +682,19 @@ def test_dynamodb_transaction_conflicts_are_retried_not_internal() -> None:
 
 
 Settle = Callable[..., Awaitable[subprocess.CompletedProcess[str]]]
+MakeStuck = Callable[..., Awaitable["StuckTransfer"]]
 
 
 @dataclass
 class StuckTransfer:
-    """A transfer whose credit's request_id was used before with other content (as by
-    another version of Transfers): Accounts refuses the credit for ever."""
+    """A transfer whose credit's (or refund's) request_id was used before with other
+    content (as by another version of Transfers): Accounts refuses that step for ever."""
 
     ledger: Ledger
     source: str
     destination: str
     transfer_id: str
-    credit: str
+    reused: str  # the request_id of the step stuck
     settle: Settle  # `services.transfers.settle <transfer_id> ...` as a process
 
     async def ended(self) -> transfers_pb2.Transfer:
@@ -706,9 +713,11 @@ class StuckTransfer:
 @pytest.fixture
 async def stuck(
     start_runtime: StartRuntime, single_attempt_channels: ChannelFactory, shared_moto: Moto
-) -> Callable[[int], Awaitable[StuckTransfer]]:
+) -> MakeStuck:
     """`stuck(earlier)`: a transfer of 20 from a source holding 50, whose credit's
-    request_id deposited `earlier` before, without releasing the source's hold."""
+    request_id deposited `earlier` before, without releasing the source's hold.
+    `stuck(earlier, refund=True)`: the destination is closed, so the credit fails for
+    good, and the refund's request_id deposited `earlier` into the source before."""
     env = shared_moto.ledger_env(SAGA_DEADLINE_SECONDS="0.5", SAGA_LEASE_SECONDS="1")
     accounts_runtime = await start_runtime(build_accounts, **env)
     target = f"127.0.0.1:{accounts_runtime.grpc_port}"
@@ -720,12 +729,14 @@ async def stuck(
         ),
     )
 
-    async def make(earlier: int) -> StuckTransfer:
+    async def make(earlier: int, refund: bool = False) -> StuckTransfer:
         source, destination = await ledger.open(balance=50), await ledger.open()
         request = ledger.transfer_request(source, destination, 20)
         transfer_id = str(uuid.uuid5(TRANSFER_IDS, request.request_id))
-        credit = step_request_id(transfer_id, "CREDIT_DESTINATION")
-        await ledger.deposit(destination, earlier, request_id=credit)
+        reused = step_request_id(transfer_id, "REFUND_SOURCE" if refund else "CREDIT_DESTINATION")
+        if refund:
+            await ledger.close(destination)
+        await ledger.deposit(source if refund else destination, earlier, request_id=reused)
         pending = (await ledger.transfers.create_transfer(request)).transfer
         assert pending.state == transfers_pb2.TRANSFER_STATE_PENDING
         assert await ledger.holds(source) == [transfer_id]
@@ -742,20 +753,20 @@ async def stuck(
                 timeout=60,
             )
 
-        return StuckTransfer(ledger, source, destination, transfer_id, credit, settle)
+        return StuckTransfer(ledger, source, destination, transfer_id, reused, settle)
 
     return make
 
 
 async def test_an_operator_settles_a_transfer_stuck_on_a_reused_request(
-    stuck: Callable[[int], Awaitable[StuckTransfer]],
+    stuck: MakeStuck,
 ) -> None:
     """A person finds that the credit never happened and says so with
     `services.transfers.settle`, run as a process with the service's settings: the debit
     is refunded."""
     case = await stuck(1)
     ledger, source, destination = case.ledger, case.source, case.destination
-    transfer_id, credit, settle = case.transfer_id, case.credit, case.settle
+    transfer_id, credit, settle = case.transfer_id, case.reused, case.settle
 
     shown = await settle()  # what to look up
     assert shown.returncode == 0, shown.stderr
@@ -791,7 +802,7 @@ async def test_an_operator_settles_a_transfer_stuck_on_a_reused_request(
 
 
 async def test_an_operator_releases_the_hold_a_settled_credit_left(
-    stuck: Callable[[int], Awaitable[StuckTransfer]],
+    stuck: MakeStuck,
 ) -> None:
     """The earlier request was the same credit, sent without the hold's release (as by a
     Transfers from before holds): settled as taken effect, the transfer completes and the
@@ -806,7 +817,7 @@ async def test_an_operator_releases_the_hold_a_settled_credit_left(
     )
     assert await ledger.holds(source) == [case.transfer_id]
     verdict = await settle(
-        "CREDIT_DESTINATION", "took-effect", "--reason", f"{case.credit} deposited the 20"
+        "CREDIT_DESTINATION", "took-effect", "--reason", f"{case.reused} deposited the 20"
     )
     assert verdict.returncode == 0, verdict.stderr
     assert (await case.ended()).state == transfers_pb2.TRANSFER_STATE_COMPLETED
@@ -824,6 +835,35 @@ async def test_an_operator_releases_the_hold_a_settled_credit_left(
     assert await ledger.holds(source) == []
     assert await ledger.balance(source) == 30  # no money moved
     again = await settle("release-hold", "--reason", "run twice")
+    assert again.returncode == 0, again.stderr
     assert again.stdout.strip() == f"nothing to release: no {where}"
     misused = await settle("release-hold", "took-effect", "--reason", "x")
     assert misused.returncode == 2
+
+
+async def test_a_hold_a_failed_refund_left_is_released_once_the_money_is_back(
+    stuck: MakeStuck,
+) -> None:
+    """A refund settled as not taken effect ends the transfer COMPENSATION_FAILED: the
+    source is owed the debit, and its hold keeps it open for that money until the person
+    who gave it back says so."""
+    case = await stuck(1, refund=True)
+    ledger, source, settle = case.ledger, case.source, case.settle
+    verdict = await settle(
+        "REFUND_SOURCE", "did-not-take-effect", "--reason", f"{case.reused} deposited 1"
+    )
+    assert verdict.returncode == 0, verdict.stderr
+    transfer = await case.ended()
+    assert transfer.failure_reason.startswith("COMPENSATION_FAILED"), transfer.failure_reason
+    assert await ledger.holds(source) == [case.transfer_id]
+
+    owed = await settle("release-hold", "--reason", "before the money")
+    assert owed.returncode == 1
+    assert owed.stderr.startswith(f"refused: transfer {case.transfer_id} ended COMPENSATION_FAILED")
+    assert "--money-restored" in owed.stderr
+    assert await ledger.holds(source) == [case.transfer_id]
+    await ledger.deposit(source, 20)  # the person gives the debit back
+    restored = await settle("release-hold", "--money-restored", "--reason", "refunded by hand")
+    assert restored.returncode == 0, restored.stderr
+    assert await ledger.holds(source) == []
+    assert await ledger.balance(source) == 50 + 1

@@ -12,7 +12,10 @@ releases it, on its own account or another, in the same transaction; an
 account with a hold cannot be closed. A transfer's debit places one, and its
 credit or its refund releases it, so a refund always lands: without it, the
 owner of an account a transfer had emptied could close it before a failed
-credit was refunded, and the money would need a person.
+credit was refunded, and the money would need a person. ReleaseHold releases
+one without moving money, for a person (through `services.transfers.settle
+release-hold`) when the write that should have released it never will; the
+request, with its reason, is logged before the write and its answer after.
 """
 
 from __future__ import annotations
@@ -227,14 +230,17 @@ class AccountsService(AccountsServicer):
         self,
         method: str,
         request: Any,
+        account_id: str,
         response_type: type[Any],
         apply: Callable[[pb.Account], None],
+        *,
         release: pb.Hold | None = None,
-        account_id: str | None = None,
         respond: Callable[[pb.Account], Message] | None = None,
     ) -> Any:
-        """Applies `apply` to the account (`request.account_id` unless given) as one
-        idempotent write; answers `response_type(account=...)` unless `respond` is given."""
+        """Applies `apply` to the account as one idempotent write, releasing `release`
+        in it; answers `respond(account)`, by default `response_type(account=account)`
+        (`response_type` decodes a recorded answer). Within each attempt `apply` runs
+        before `respond` (which the record holds), so `respond` may read what it set."""
         answer = respond or (lambda account: response_type(account=account))
 
         async def effect(claim: Claim) -> Message:
@@ -243,7 +249,7 @@ class AccountsService(AccountsServicer):
                 account.update_time.CopyFrom(self._now())
 
             account = await self._table.change(
-                account_id or request.account_id,
+                account_id,
                 checked,
                 self._recording(claim, answer),
                 claim.token,
@@ -264,7 +270,7 @@ class AccountsService(AccountsServicer):
 
         release = request.release_hold if request.HasField("release_hold") else None
         response: pb.DepositResponse = await self._change(
-            "Deposit", request, pb.DepositResponse, credit, release
+            "Deposit", request, request.account_id, pb.DepositResponse, credit, release=release
         )
         return response
 
@@ -277,7 +283,7 @@ class AccountsService(AccountsServicer):
             _hold(account, request.hold_id)
 
         response: pb.WithdrawResponse = await self._change(
-            "Withdraw", request, pb.WithdrawResponse, debit
+            "Withdraw", request, request.account_id, pb.WithdrawResponse, debit
         )
         return response
 
@@ -291,35 +297,37 @@ class AccountsService(AccountsServicer):
             account.state = pb.ACCOUNT_STATE_CLOSED
 
         response: pb.CloseAccountResponse = await self._change(
-            "CloseAccount", request, pb.CloseAccountResponse, close
+            "CloseAccount", request, request.account_id, pb.CloseAccountResponse, close
         )
         return response
 
     async def release_hold(
         self, request: pb.ReleaseHoldRequest, context: Context
     ) -> pb.ReleaseHoldResponse:
-        released = False
+        hold = request.hold
+        where = {"account_id": hold.account_id, "hold_id": hold.hold_id}
+        # Done by hand, beside the money: the request is logged, with its reason, before
+        # the write (a call cancelled after the commit still leaves its line), and the
+        # answer after it; WARNING, so that any LOG_LEVEL keeps both.
+        _log.warning("hold release requested", extra={**where, "reason": request.reason})
+        released: bool | None = None  # stays None when the answer is a recorded one
 
-        def release(account: pb.Account) -> None:
-            nonlocal released  # set again on each attempt after a conflict
-            released = drop_hold(account, request.hold.hold_id)
+        def drop(account: pb.Account) -> None:
+            nonlocal released  # set again by each attempt after a conflict
+            released = drop_hold(account, hold.hold_id)
 
         response: pb.ReleaseHoldResponse = await self._change(
             "ReleaseHold",
             request,
+            hold.account_id,
             pb.ReleaseHoldResponse,
-            release,
-            account_id=request.hold.account_id,
-            respond=lambda account: pb.ReleaseHoldResponse(account=account, released=released),
+            drop,
+            respond=lambda account: pb.ReleaseHoldResponse(
+                account=account, released=bool(released)
+            ),
         )
-        # Money-adjacent and done by hand: every answer is kept, with the reason given.
         _log.warning(
-            "hold release by hand",
-            extra={
-                "account_id": request.hold.account_id,
-                "hold_id": request.hold.hold_id,
-                "released": response.released,
-                "reason": request.reason,
-            },
+            "hold release answered",
+            extra={**where, "released": response.released, "repeat": released is None},
         )
         return response

@@ -23,18 +23,21 @@ that knows verdicts.
 
 A transfer that has ended can leave its hold on the source: a credit settled
 as taken effect whose earlier request did not release it, or a refund that
-failed (COMPENSATION_FAILED) once a person has put the money right. Then
+failed (COMPENSATION_FAILED). Then
 
     ... settle <transfer_id> release-hold --reason "<why>"
 
 asks Accounts to release it (ReleaseHold, as Transfers: its certificate and
-channel settings), refused while the transfer is still running, since its
-credit or refund releases the hold and the hold keeps a refund's account open.
+channel settings). Refused while the transfer is still running, since its
+credit or refund releases the hold and the hold keeps a refund's account
+open; and, after a failed refund, until the person says the source has its
+money back (`--money-restored`): until then the hold keeps it open for that
+money. The reason goes to Accounts' log: no customer's personal data in it.
 
 Exit codes: 0 done, 1 refused (ended, not past its deadline, not stuck on that
-step, a verdict already pending; for release-hold, still running or no hold
-placed), 2 bad arguments or settings, 3 AWS or Accounts failed; errors are
-one line on stderr.
+step, a verdict already pending; for release-hold, still running, a failed
+refund without --money-restored, or no hold placed), 2 bad arguments or
+settings, 3 AWS or Accounts failed; errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from clients.aws import AwsClients, AwsSettings
 from clients.chain import ClientChain
 from clients.channel import ChannelFactory, ChannelSettings
 from clients.settings import ClientSettings, SettingsError
-from durable.saga import SagaEngine, SettleRefused
+from durable.saga import COMPENSATION_FAILED, SagaEngine, SettleRefused
 from ledger.v1 import accounts_pb2
 from ledger.v1.accounts_platform import AccountsClient
 from server.config import ConfigError, EnvReader
@@ -73,7 +76,12 @@ class NoPublishing:
 
 
 async def run(
-    env: EnvReader, transfer_id: str, step: str | None, took_effect: bool, reason: str
+    env: EnvReader,
+    transfer_id: str,
+    step: str | None,
+    took_effect: bool,
+    reason: str,
+    money_restored: bool = False,
 ) -> str:
     """Shows the transfer (no `step`), settles `step`, or releases the transfer's hold
     (`release-hold`); the line to print."""
@@ -95,7 +103,7 @@ async def run(
         if step is None:
             return await show(engine, transfer_id)
         if step == RELEASE_HOLD:
-            return await release_hold(engine, accounts, transfer_id, reason)
+            return await release_hold(engine, accounts, transfer_id, reason, money_restored)
         await engine.settle(transfer_id, step, took_effect, reason)
     finally:
         await channels.close()
@@ -123,7 +131,11 @@ async def show(engine: SagaEngine, transfer_id: str) -> str:
 
 
 async def release_hold(
-    engine: SagaEngine, accounts: AccountsClient, transfer_id: str, reason: str
+    engine: SagaEngine,
+    accounts: AccountsClient,
+    transfer_id: str,
+    reason: str,
+    money_restored: bool,
 ) -> str:
     saga = await engine.get(transfer_id)
     if saga is None:
@@ -131,6 +143,12 @@ async def release_hold(
     if not saga.finished:
         raise SettleRefused(
             f"transfer {transfer_id} is {saga.status}: its credit or its refund releases the hold"
+        )
+    if saga.failure_reason.startswith(COMPENSATION_FAILED) and not money_restored:
+        raise SettleRefused(
+            f"transfer {transfer_id} ended {saga.failure_reason}: the hold keeps its source "
+            "open for the refund it is owed; give the source its money back, then add "
+            "--money-restored"
         )
     hold = TransferSaga.source_hold(saga)
     if hold is None:
@@ -168,10 +186,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="DEBIT_SOURCE, CREDIT_DESTINATION or REFUND_SOURCE, or release-hold; none: show",
     )
     parser.add_argument("outcome", nargs="?", choices=sorted(OUTCOMES))
-    parser.add_argument("--reason", type=reason_of, help="what was found, kept in the history")
+    parser.add_argument(
+        "--reason",
+        type=reason_of,
+        help="what was found: kept in the saga's history (a verdict) or in Accounts' log "
+        "(release-hold); no customer's personal data",
+    )
+    parser.add_argument(
+        "--money-restored",
+        action="store_true",
+        help="release-hold after a failed refund: the source has its money back",
+    )
     args = parser.parse_args(argv)
     if args.step == RELEASE_HOLD and (args.outcome is not None or args.reason is None):
         parser.error("release-hold takes --reason and no outcome")
+    if args.money_restored and args.step != RELEASE_HOLD:
+        parser.error("--money-restored goes with release-hold")
     if args.step not in (None, RELEASE_HOLD) and (args.outcome is None or args.reason is None):
         parser.error("settling a step needs its outcome and --reason")
     try:
@@ -182,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.step,
                 OUTCOMES.get(args.outcome or "", False),
                 args.reason or "",
+                args.money_restored,
             )
         )
     except (ConfigError, SettingsError) as error:
@@ -191,7 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"refused: {error}", file=sys.stderr)
         return EXIT_REFUSED
     except grpc.aio.AioRpcError as error:  # Accounts refused or unreachable
-        print(f"failed: Accounts answered {error.code().name}: {error.details()}", file=sys.stderr)
+        details = str(error.details())[:300]
+        print(f"failed: Accounts answered {error.code().name}: {details}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as error:  # AWS unreachable or denied: one line, no traceback
         print(f"failed: {type(error).__name__}: {str(error)[:300]}", file=sys.stderr)

@@ -484,7 +484,9 @@ class ReleaseHoldRequest(_message.Message):
     request_id: _builtins.str
     """Idempotency key (AIP-155): at most 36 printable ASCII characters; a UUID is recommended."""
     reason: _builtins.str
-    """Why, as the person who decided it put it: kept in the service's log."""
+    """Why, as the person who decided it put it: kept in the service's log, so
+    no customer's personal data.
+    """
     @_builtins.property
     def hold(self) -> Global___Hold:
         """The hold to release."""
