@@ -823,6 +823,12 @@ async def test_an_operator_releases_the_hold_a_settled_credit_left(
     assert (await case.ended()).state == transfers_pb2.TRANSFER_STATE_COMPLETED
     assert (await ledger.balance(source), await ledger.balance(case.destination)) == (30, 20)
     assert await ledger.holds(source) == [case.transfer_id]  # nothing released it
+    ended = f"transfer {case.transfer_id}: COMPLETED"
+    shown = await settle()
+    assert shown.stdout.strip() == f"{ended}, its hold still on account {source} (see release-hold)"
+    blind = await settle(ACCOUNTS_TARGET="127.0.0.1:9")  # the saga's state is still shown
+    assert blind.returncode == 0, blind.stderr
+    assert blind.stdout.strip() == f"{ended}, its hold unknown (Accounts answered UNAVAILABLE)"
 
     unreachable = await settle("release-hold", "--reason", "x", ACCOUNTS_TARGET="127.0.0.1:9")
     assert unreachable.returncode == 3
@@ -834,6 +840,7 @@ async def test_an_operator_releases_the_hold_a_settled_credit_left(
     assert released.stdout.strip() == f"released: {where}"
     assert await ledger.holds(source) == []
     assert await ledger.balance(source) == 30  # no money moved
+    assert (await settle()).stdout.strip() == ended
     again = await settle("release-hold", "--reason", "run twice")
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip() == f"nothing to release: no {where}"
@@ -856,6 +863,10 @@ async def test_a_hold_a_failed_refund_left_is_released_once_the_money_is_back(
     transfer = await case.ended()
     assert transfer.failure_reason.startswith("COMPENSATION_FAILED"), transfer.failure_reason
     assert await ledger.holds(source) == [case.transfer_id]
+    assert (await settle()).stdout.strip() == (
+        f"transfer {case.transfer_id}: FAILED ({transfer.failure_reason}), its hold still on "
+        f"account {source} (see release-hold)"
+    )
 
     owed = await settle("release-hold", "--reason", "before the money")
     assert owed.returncode == 1

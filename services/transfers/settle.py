@@ -8,8 +8,10 @@ service runs (its settings and IAM role):
 
     kubectl -n ledger exec deploy/transfers -- python -m services.transfers.settle <transfer_id>
 
-prints its state, the step it is retrying and that step's request_id, to
-look up in Accounts' idempotency records; then tells the transfer:
+prints its state (and failure reason), the step it is retrying and that
+step's request_id, to look up in Accounts' idempotency records, or, for a
+transfer that has ended, whether its hold is still on the source; then tells
+the transfer:
 
     ... settle <transfer_id> CREDIT_DESTINATION did-not-take-effect --reason "<what was found>"
 
@@ -101,7 +103,7 @@ async def run(
             NoPublishing(),
         )
         if step is None:
-            return await show(engine, transfer_id)
+            return await show(engine, accounts, transfer_id)
         if step == RELEASE_HOLD:
             return await release_hold(engine, accounts, transfer_id, reason, money_restored)
         await engine.settle(transfer_id, step, took_effect, reason)
@@ -117,11 +119,16 @@ async def run(
     )
 
 
-async def show(engine: SagaEngine, transfer_id: str) -> str:
+async def show(engine: SagaEngine, accounts: AccountsClient, transfer_id: str) -> str:
     saga = await engine.get(transfer_id)
     if saga is None:
         raise SettleRefused(f"no saga {transfer_id}")
     line = f"transfer {transfer_id}: {saga.status}"
+    if saga.failure_reason:
+        line += f" ({saga.failure_reason})"
+    hold = TransferSaga.source_hold(saga)
+    if saga.finished and hold is not None:
+        line += await _left_hold(accounts, hold)
     step = engine.stuck_on(saga)
     if step is not None:
         line += f", retrying {step} (request_id {step_request_id(transfer_id, step)})"
@@ -159,6 +166,19 @@ async def release_hold(
     )
     where = f"hold {hold.hold_id} on account {hold.account_id}"
     return f"released: {where}" if answer.released else f"nothing to release: no {where}"
+
+
+async def _left_hold(accounts: AccountsClient, hold: accounts_pb2.Hold) -> str:
+    """What an ended transfer's hold is: normally released by its credit or refund."""
+    try:
+        answer = await accounts.get_account(
+            accounts_pb2.GetAccountRequest(account_id=hold.account_id)
+        )
+    except grpc.aio.AioRpcError as error:  # the saga's state is still worth showing
+        return f", its hold unknown (Accounts answered {error.code().name})"
+    if hold.hold_id in answer.account.hold_ids:
+        return f", its hold still on account {hold.account_id} (see release-hold)"
+    return ""
 
 
 def transfer_id_of(text: str) -> str:
