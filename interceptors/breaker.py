@@ -6,17 +6,21 @@ that is both time- and count-based (the last `window_calls` calls of the last
 failure rate reaches `failure_rate` or the slow-call rate (calls slower than
 `slow_call_seconds`) reaches `slow_call_rate`. Open, it rejects every call at
 once; after `open_seconds` (growing by `open_growth` on each consecutive
-opening, up to `max_open_seconds`: Resilience4j's exponential wait) it lets
+failed probe, up to `max_open_seconds`: Resilience4j's exponential wait) it lets
 `half_open_probes` calls through: all succeed and it closes (and the open time
 resets), one fails and it opens again.
 
 Only the server's failures count (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL,
 UNKNOWN, RESOURCE_EXHAUSTED); a client error proves the server answered and
 counts as a success. State changes go to `on_change` (logs, metrics).
-Departure: a call is only slow past `slow_call_seconds` *or* half its
+Departures: a call is only slow past `slow_call_seconds` *or* half its
 method's contract deadline, whichever is longer (the client chain passes it):
 a saga method allowed 10 s is not slow at 1.2 s, and must not open the
-breaker of its whole target.
+breaker of its whole target. And a probe that answered, only slowly, opens
+the breaker again for the same time, without growing it: the dependency is
+answering, and an open time grown to a minute would outlast a brown-out (seen
+against a slow DynamoDB emulator, where every probe was slow and the open
+time reached 60 s). A failed probe grows it.
 Pure logic with an injected clock: the chain (clients.chain) decides what a
 rejected call looks like on the wire (UNAVAILABLE, reason CIRCUIT_OPEN).
 """
@@ -122,7 +126,7 @@ class CircuitBreaker:
         slow = seconds >= max(self.settings.slow_call_seconds, slow_after)
         if self.state is State.HALF_OPEN:
             if failed or slow:
-                self._open(grow=True)
+                self._open(grow=failed)
                 return
             self._probes_passed += 1
             if self._probes_passed >= self.settings.half_open_probes:

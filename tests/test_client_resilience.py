@@ -296,6 +296,31 @@ def test_open_time_grows_and_is_capped_then_resets() -> None:
     assert breaker.retry_after() == 1  # reset after closing
 
 
+def test_a_slow_probe_opens_again_for_the_same_time_and_a_failed_one_longer() -> None:
+    """A dependency that answers, if slowly, is probed at the same pace: a grown open time
+    would keep the breaker open long after a brown-out ends."""
+    clock = Clock()
+    settings = BreakerSettings(
+        minimum_calls=1,
+        open_seconds=1,
+        open_growth=2,
+        max_open_seconds=60,
+        half_open_probes=1,
+        slow_call_seconds=1.0,
+    )
+    breaker = CircuitBreaker("b", settings, clock=clock)
+    breaker.record(OK, 1.5)  # slow: opens
+    waits = []
+    for outcome in [(OK, 1.5), (OK, 1.5), (DOWN, 0.01), (OK, 1.5), (DOWN, 0.01)]:
+        waits.append(breaker.retry_after())
+        clock.now += waits[-1]
+        assert breaker.allow()  # half-open probe
+        breaker.record(*outcome)
+        assert breaker.state is State.OPEN
+    waits.append(breaker.retry_after())
+    assert waits == [1, 1, 1, 2, 2, 4]
+
+
 def test_old_outcomes_leave_the_window() -> None:
     clock = Clock()
     breaker = CircuitBreaker("b", BreakerSettings(minimum_calls=4, window_seconds=10), clock=clock)

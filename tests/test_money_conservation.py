@@ -99,10 +99,11 @@ def ledger(shared_moto: Moto, tmp_path: Path) -> Iterator[tuple[ServiceProcess, 
         EVENTS_VISIBILITY_TIMEOUT_SECONDS="3",
         CLIENT_ACCOUNTS_BREAKER_ENABLED="false",
         # moto does DynamoDB's work one request at a time: after a kill, recovering
-        # sagas can keep it slower than the breakers' slow-call bound for a while, and a
-        # breaker whose half-open probes keep failing stays open longer each time (5 s,
-        # 10 s, ... 60 s), longer than this test waits for an answer. Breakers are tested
-        # elsewhere (test_aws); here the bulkheads and deadlines bound the calls.
+        # sagas can keep it slower than the breakers' slow-call bound, even than the
+        # calls' deadlines, for a while; a breaker whose half-open probes keep failing
+        # stays open longer each time (5 s, 10 s, ... 60 s), longer than this test waits.
+        # Breakers are tested elsewhere (test_aws, test_client_resilience); here the
+        # bulkheads and deadlines bound the calls.
         CLIENT_AWS_DYNAMODB_BREAKER_ENABLED="false",
     )
     faults = {"FAULT_UNAVAILABLE_RATE": "0.1", "FAULT_DROP_RATE": "0.1"}
