@@ -37,12 +37,9 @@ def loopback_of(listen_host: str) -> str:
 
 
 def loopback_host(listen_host: str) -> str:
-    """The host the server itself reaches its listener at."""
-    if listen_host in ("0.0.0.0", ""):
-        return "127.0.0.1"
-    if listen_host == "::":
-        return "::1"
-    return listen_host
+    """The host the server itself reaches its listener at: the loopback address for a
+    listener on every address, else the listener's own."""
+    return loopback_of(listen_host) if listen_host in ("0.0.0.0", "", "::") else listen_host
 
 
 class QueueProbe:
