@@ -17,7 +17,7 @@ BASELINE := proto/breaking-baseline.binpb
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup bench bench-tools codegen codegen-check proto-image proto-lint proto-breaking proto-baseline \
+.PHONY: FORCE help setup bench bench-tools codegen codegen-check proto-image proto-lint proto-breaking proto-baseline \
 	lint test run clean
 
 help:
@@ -26,7 +26,17 @@ help:
 	@echo "make codegen  regenerate gen/ from proto/"
 	@echo "make bench    measure the chains against bare grpc.aio, and the ledger's transfers/s"
 
-$(STAMP): pyproject.toml $(wildcard gen/*/__init__.py)
+# The editable install maps each top-level package when it is made: a package added
+# later (a new contract's in gen/, a new service's) needs it made again. Rewritten
+# only when the set of packages changes, so regenerating gen/ reinstalls nothing.
+PACKAGES := $(sort $(patsubst %/__init__.py,%,$(wildcard gen/*/__init__.py */__init__.py)))
+PACKAGES_SEEN := build/packages.txt
+
+$(PACKAGES_SEEN): FORCE
+	@mkdir -p $(@D)
+	@echo '$(PACKAGES)' | cmp -s - $@ || echo '$(PACKAGES)' > $@
+
+$(STAMP): pyproject.toml $(PACKAGES_SEEN)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
@@ -50,6 +60,7 @@ setup: $(STAMP) $(BUF_STAMP) $(DEPLOY_STAMP) $(CHECKOV_STAMP)
 
 codegen: $(STAMP)
 	$(PY) -m codegen
+	@$(MAKE) --no-print-directory $(STAMP)  # a new contract package: importable at once
 
 codegen-check: $(STAMP)
 	$(PY) -m codegen --check
@@ -59,7 +70,7 @@ proto-image: $(STAMP)
 	$(PY) -m codegen --image $(IMAGE_DIR)/image.binpb
 
 proto-lint: proto-image $(BUF_STAMP)
-	$(BUF) lint $(IMAGE_DIR)/image.binpb --config proto/buf.yaml --path ledger --path grpcplatform
+	$(BUF) lint $(IMAGE_DIR)/image.binpb --config proto/buf.yaml
 
 proto-breaking: proto-image $(BUF_STAMP)
 	$(BUF) breaking $(IMAGE_DIR)/image.binpb --against $(BASELINE) --config proto/buf.yaml

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import zipfile
 from pathlib import Path
@@ -9,8 +10,7 @@ from pathlib import Path
 from tests.support.net import PYTHON, ROOT
 
 
-def test_wheel_contains_and_serves_generated_clients(tmp_path: Path) -> None:
-    wheels = tmp_path / "wheels"
+def built_wheel(source: Path, wheels: Path) -> Path:
     subprocess.run(
         [
             PYTHON,
@@ -22,13 +22,18 @@ def test_wheel_contains_and_serves_generated_clients(tmp_path: Path) -> None:
             "--no-build-isolation",
             "-w",
             str(wheels),
-            str(ROOT),
+            str(source),
         ],
         check=True,
         timeout=300,
         capture_output=True,
     )
     (wheel,) = wheels.glob("grpc_platform-*.whl")
+    return wheel
+
+
+def test_wheel_contains_and_serves_generated_clients(tmp_path: Path) -> None:
+    wheel = built_wheel(ROOT, tmp_path / "wheels")
     names = set(zipfile.ZipFile(wheel).namelist())
     for expected in (
         "ledger/v1/accounts_platform.py",
@@ -39,7 +44,7 @@ def test_wheel_contains_and_serves_generated_clients(tmp_path: Path) -> None:
         "server/main.py",
     ):
         assert expected in names, expected
-    assert not any(name.startswith(("tests/", "tools/")) for name in names)
+    assert not any(name.startswith(("tests/", "tools/", "bench/")) for name in names)
 
     # Installed on its own (dependencies from this environment), away from the checkout.
     target = tmp_path / "site"
@@ -76,3 +81,23 @@ def test_wheel_contains_and_serves_generated_clients(tmp_path: Path) -> None:
     where, idempotency = result.stdout.split()
     assert where.startswith(str(target))
     assert idempotency == "IDEMPOTENT"
+
+
+def test_a_contract_package_added_later_ships_without_an_edit(tmp_path: Path) -> None:
+    """`make codegen` of a new contract package writes it to gen/; nothing lists packages."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for package in ("server", "clients", "interceptors", "durable", "codegen", "services", "gen"):
+        shutil.copytree(
+            ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    added = source / "gen" / "greeter" / "v1"
+    added.mkdir(parents=True)
+    for init in (added.parent / "__init__.py", added / "__init__.py"):
+        init.write_text("")
+    (added / "greeter_pb2.py").write_text("")
+    names = set(zipfile.ZipFile(built_wheel(source, tmp_path / "wheels")).namelist())
+    assert "greeter/v1/greeter_pb2.py" in names
+    assert "ledger/v1/accounts_platform.py" in names
