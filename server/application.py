@@ -75,16 +75,23 @@ AppFactory = Callable[[RuntimeContext], Awaitable[Application]]
 
 def load_factory(spec: str) -> AppFactory:
     """The factory named by `spec`: an entry-point name or `module:attribute`."""
-    if ":" in spec:
-        module_name, _, attribute = spec.partition(":")
-        try:
+    try:
+        if ":" in spec:
+            module_name, _, attribute = spec.partition(":")
             factory: AppFactory = getattr(importlib.import_module(module_name), attribute)
-        except (ImportError, AttributeError) as error:
-            raise ConfigError(f"SERVICE names {spec!r}, which cannot be loaded: {error}") from None
-        return factory
-    found = {entry.name: entry for entry in entry_points(group=ENTRY_POINT_GROUP)}
-    if spec not in found:
-        names = ", ".join(sorted(found)) or "none installed"
-        raise ConfigError(f"SERVICE must be one of {names} or module:attribute, got {spec!r}")
-    loaded: AppFactory = found[spec].load()
-    return loaded
+            return factory
+        found = {entry.name: entry for entry in entry_points(group=ENTRY_POINT_GROUP)}
+        if spec not in found:
+            names = ", ".join(sorted(found)) or "none installed"
+            raise ConfigError(f"SERVICE must be one of {names} or module:attribute, got {spec!r}")
+        loaded: AppFactory = found[spec].load()  # an entry point names module:attribute too
+        return loaded
+    except (ImportError, AttributeError) as error:
+        raise ConfigError(f"SERVICE names {spec!r}, which cannot be loaded: {error}") from None
+
+
+def default_error_domain(spec: str) -> str:
+    """`ErrorInfo.domain` when neither ERROR_DOMAIN nor the application sets one: a
+    DNS-like name from SERVICE (`accounts`, or the module of `module:attribute`)."""
+    name = spec.partition(":")[0].replace("_", "-")
+    return f"{name}.grpc-platform.internal"

@@ -59,8 +59,8 @@ SETTINGS: tuple[Setting, ...] = (
         "EVENT_LOOP",
         "UVLOOP or ASYNCIO",
         "UVLOOP",
-        "Event loop of the process: uvloop (grpc.aio's per-call scheduling costs less) "
-        "or the standard library's.",
+        "Event loop of the process: uvloop (grpc.aio's per-call scheduling costs less; "
+        "see Performance) or the standard library's.",
     ),
     Setting(
         "LOG_LEVEL",
@@ -153,7 +153,8 @@ SETTINGS: tuple[Setting, ...] = (
         "string",
         "",
         "`ErrorInfo.domain` of this service's errors (empty: the application's, "
-        "else `<SERVICE>.grpc-platform.internal`).",
+        "else `<SERVICE>.grpc-platform.internal`, with the module of a `module:attribute` "
+        "SERVICE).",
     ),
     Setting(
         "LOG_CALLS",
@@ -197,7 +198,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Per-method limits, e.g. `ledger.v1.Accounts/Withdraw=10:20` (rate:burst), "
         "comma-separated; a rate of 0 turns the limit off for that method.",
     ),
-    Setting("SHED_ENABLED", "bool", "true", "Adaptive concurrency limit (load shedding) on."),
+    Setting(
+        "SHED_ENABLED",
+        "bool",
+        "true",
+        "Load shedding on: the adaptive concurrency limit and queue-delay shedding "
+        "(false turns off both, and the probe).",
+    ),
     Setting("SHED_INITIAL_LIMIT", "int", "100", "Concurrency limit at start."),
     Setting("SHED_MIN_LIMIT", "int", "20", "The limit never goes below this."),
     Setting("SHED_MAX_LIMIT", "int", "1000", "The limit never goes above this."),

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from clients.channel import ChannelFactory
 from interceptors.queue_delay import QueueDelayGate
 from server.admin import AdminServer
-from server.application import Application
+from server.application import Application, default_error_domain
 from server.chain import build_server_chain
 from server.config import ConfigError, ServerConfig
 from server.dispatch import MethodTable
@@ -86,9 +86,7 @@ class Runtime:
             config,
             registry,
             self.tracing.get_tracer("grpc-platform.server") if exporting(self.tracing) else None,
-            config.error_domain
-            or application.error_domain
-            or f"{config.service}.grpc-platform.internal",
+            config.error_domain or application.error_domain or default_error_domain(config.service),
             application.errors,
             self.queue_delay,
             application.interceptors,

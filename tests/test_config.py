@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import runpy
 import socket
 import subprocess
 
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from server.application import default_error_domain, load_factory
 from server.config import SETTINGS, ConfigError, EnvReader, ServerConfig
 from tests.support.net import PYTHON, ROOT, free_port, port_open, service_env
 
@@ -52,6 +54,32 @@ def test_bad_value_names_the_variable(name: str, value: str) -> None:
 def test_missing_service_is_named() -> None:
     with pytest.raises(ConfigError, match=r"^SERVICE is required"):
         ServerConfig.from_env({})
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["no_such_module:build", "tests.support.echo:no_such_factory", "missing-module-entry"],
+)
+def test_a_service_that_cannot_be_loaded_is_one_line_naming_service(
+    spec: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Broken:  # an installed entry point whose module is gone
+        name = "missing-module-entry"
+
+        def load(self) -> None:
+            raise ModuleNotFoundError("No module named 'myservice'")
+
+    monkeypatch.setattr("server.application.entry_points", lambda group: [Broken()])
+    with pytest.raises(ConfigError, match=r"^SERVICE names .+, which cannot be loaded: ") as caught:
+        load_factory(spec)
+    assert "\n" not in str(caught.value)
+
+
+def test_the_default_error_domain_is_dns_like() -> None:
+    assert default_error_domain("accounts") == "accounts.grpc-platform.internal"
+    assert default_error_domain("services.my_service.app:build") == (
+        "services.my-service.app.grpc-platform.internal"
+    )
 
 
 @given(st.text(max_size=20))
@@ -104,6 +132,8 @@ def test_taken_port_is_one_startup_line_and_nothing_left_listening() -> None:
 
 def test_readme_documents_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
+    generator = runpy.run_path(str(ROOT / "tools" / "readme_config.py"))
+    assert generator["table"]() in readme, "run `python tools/readme_config.py`"
     for setting in SETTINGS:
         row = re.search(rf"^\| `{setting.name}` \|(.+)$", readme, re.MULTILINE)
         assert row, f"README's configuration table lacks {setting.name}"

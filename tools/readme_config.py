@@ -18,7 +18,8 @@ def table() -> str:
     rows = [HEADER, "| --- | --- | --- | --- |"]
     for setting in SETTINGS:
         default = {None: "required", "": "empty"}.get(setting.default, f"`{setting.default}`")
-        rows.append(f"| `{setting.name}` | {setting.kind} | {default} | {setting.description} |")
+        description = setting.description.replace("|", "\\|")  # a cell's own pipes
+        rows.append(f"| `{setting.name}` | {setting.kind} | {default} | {description} |")
     return "\n".join(rows)
 
 
