@@ -215,6 +215,20 @@ def test_deployments_keep_the_platform_promises(rendered: tuple[str, list[dict[s
         assert deployment_problems(deployment, config, behind_nlb) == []
 
 
+def test_the_overlay_creates_its_namespace_enforcing_restricted_pods(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    """`kubectl apply -k` on a fresh cluster needs no namespace made by hand, and the
+    cluster refuses a pod that breaks the restricted profile (the promises above)."""
+    overlay, docs = rendered
+    (namespace,) = of_kind(docs, "Namespace")
+    name = namespace["metadata"]["name"]
+    namespaced = [doc for doc in docs if doc["kind"] != "Namespace"]
+    assert {doc["metadata"].get("namespace") for doc in namespaced} == {name}, overlay
+    labels = namespace["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
 def named(doc: dict[str, Any], name: str) -> bool:
     return bool(doc["metadata"]["name"] == name)
 

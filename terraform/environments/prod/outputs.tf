@@ -31,3 +31,8 @@ output "events_queue_url" {
   description = "URL of the event queue."
   value       = module.data.events_queue_url
 }
+
+output "region" {
+  description = "AWS region of the environment, for `aws eks update-kubeconfig --region`."
+  value       = var.region
+}
