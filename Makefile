@@ -100,7 +100,7 @@ bench: setup bench-tools
 	$(PY) -m bench.tls_bench
 	$(PY) -m bench.ledger_bench
 
-run: setup
+run: $(STAMP)
 	$(PY) tools/devstack.py
 
 clean:

@@ -113,7 +113,11 @@ def main() -> int:
         return Child(name, [str(BIN / "python"), "-m", "server"], env)
 
     emulator = str(Path(__file__).resolve().parent / "moto_server.py")
-    moto = Child("moto", [str(BIN / "python"), emulator, "-H", HOST, "-p", str(moto_port)])
+    moto = Child(
+        "moto",
+        [str(BIN / "python"), emulator, "-H", HOST, "-p", str(moto_port)],
+        {"MOTO_REQUEST_LOG": "false"},  # the services' logs are what the terminal is for
+    )
     accounts = service("accounts", base)
     transfers = service("transfers", base + 2, ACCOUNTS_TARGET=f"{HOST}:{base}")
     children = [moto, accounts, transfers]

@@ -16,12 +16,19 @@ both to the DynamoDB emulation only, both making it behave like DynamoDB:
   erased other writers' commits. Here the touched items are remembered and
   restored instead, which, under the lock, is the same outcome at O(items).
 
+With `MOTO_REQUEST_LOG=false` (as `make run` sets it) the line werkzeug
+writes per request is left out: several a second from the consumer's long
+polls alone, which would bury the services' own logs. The tests keep them,
+in each test's moto log.
+
 Nothing here runs in production: there the code talks to DynamoDB itself.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
+import os
 import threading
 import types
 from collections.abc import Callable, Iterable
@@ -108,6 +115,8 @@ def main() -> None:
         return _SerializeDynamoDB(dispatcher(*args, **kwargs))
 
     setattr(server, "DomainDispatcherApplication", wrapped)  # noqa: B010 - read by server.main
+    if os.environ.get("MOTO_REQUEST_LOG", "true") == "false":
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # requests log at INFO
     server.main()
 
 
