@@ -31,6 +31,7 @@ from interceptors.call import ServerCall
 from interceptors.codes import SERVER_ERRORS
 from interceptors.errors import LoadRejected, PlatformError
 from interceptors.redaction import Redactor
+from interceptors.validation import Undecodable
 
 user_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("user_id", default=None)
 _log = logging.getLogger("grpc.access")
@@ -90,6 +91,11 @@ class AccessLog:
                 fields["error_code"] = "INTERNAL"
                 fields["error_message"] = f"{type(error).__name__}: {error}"
                 fields["stack_trace"] = "".join(traceback.format_exception(error))
-        if call.request is not None and (error is not None or _log.isEnabledFor(logging.DEBUG)):
-            fields["request_details"] = self.redactor.sanitise(call.request)
+        request = call.request
+        if request is not None and (error is not None or _log.isEnabledFor(logging.DEBUG)):
+            fields["request_details"] = (
+                f"<{request.size} bytes, not a valid message>"
+                if isinstance(request, Undecodable)
+                else self.redactor.sanitise(request)
+            )
         _log.log(level, "grpc call", extra=fields)

@@ -64,10 +64,10 @@ class RequestValidator:
 class Undecodable:
     """Stands in for a request whose bytes are not a valid message of its type."""
 
-    __slots__ = ()
+    __slots__ = ("size",)
 
-
-UNDECODABLE = Undecodable()
+    def __init__(self, size: int) -> None:
+        self.size = size  # bytes received: what the access log shows of them
 
 
 def lenient(deserialize: Callable[[bytes], Message]) -> Callable[[bytes], Message | Undecodable]:
@@ -77,7 +77,7 @@ def lenient(deserialize: Callable[[bytes], Message]) -> Callable[[bytes], Messag
         try:
             return deserialize(data)
         except Exception:
-            return UNDECODABLE
+            return Undecodable(len(data))
 
     return decode
 

@@ -166,8 +166,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "LOG_REDACT_FIELDS",
         "list",
-        "password,secret,token,authorization,api_key",
-        "Field names never logged (besides fields marked `debug_redact` in the contract).",
+        "",
+        "Names never logged, besides fields marked `debug_redact` in the contract and the "
+        "built-in password, passphrase, secret, token, authorization, api_key, private_key, "
+        "credential(s) and cookie; a field or map key is hidden when its name has one as "
+        "whole words (`secret`: `client_secret`, `clientSecret`).",
     ),
     Setting(
         "TRACING_EXPORTER",

@@ -131,3 +131,30 @@ async def test_load_rejections_are_counted_not_logged_one_by_one(
     assert [r["grpc_code"] for r in records if r.get("logger") == "grpc.access"] == [
         "FAILED_PRECONDITION"
     ]
+
+
+async def test_hostile_and_undecodable_requests_give_small_access_lines(tmp_path: Path) -> None:
+    """A failed call's request is logged, and its caller chose it: a 1 MB invalid
+    string is cut, bytes that are not a message are counted, and each call still gets
+    its one access line."""
+    with running_service("tests.support.echo:build", tmp_path) as service:
+        channels = ChannelFactory()
+        client = EchoServiceClient(channels.connect(service.target))
+        with pytest.raises(grpc.aio.AioRpcError) as invalid:
+            await client.echo(pb.EchoRequest(message="\x01" * 1_000_000))
+        assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        raw = channels.connect(service.target).channel.unary_unary(
+            "/grpcplatform.testing.v1.EchoService/Echo", None, None
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as undecodable:
+            await raw(b"\xff\xff\xff\xff", timeout=5)
+        assert undecodable.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        await channels.close()
+        assert await asyncio.to_thread(service.terminate) == 0
+    output = service.stderr()
+    records = json_lines(output)
+    assert not [r for r in records if r["log_level"] == "ERROR"], output[:2000]
+    (cut, counted) = [r for r in records if r.get("logger") == "grpc.access"]
+    assert cut["request_details"]["message"].endswith("...[1000000 chars]")
+    assert counted["request_details"] == "<4 bytes, not a valid message>"
+    assert max(len(line) for line in output.splitlines()) < 8_000

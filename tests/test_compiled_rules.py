@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from buf.validate import validate_pb2
 from grpcplatform.testing.v1 import echo_pb2
 from interceptors.compiled_rules import compile_rules
-from interceptors.validation import UNDECODABLE
+from interceptors.validation import Undecodable
 from ledger.v1 import accounts_pb2, money_pb2, transfers_pb2
 from tests.support.messages import message_strategy
 
@@ -85,7 +85,7 @@ def test_other_types_and_undecodable_bytes_are_never_valid() -> None:
     valid = compile_rules(echo_pb2.EchoRequest)
     assert valid is not None
     assert valid(echo_pb2.NotifyRequest(message="hello")) is False
-    assert valid(UNDECODABLE) is False  # type: ignore[arg-type]
+    assert valid(Undecodable(3)) is False  # type: ignore[arg-type]
 
 
 COMPILED_REQUEST_TYPES = [cls for cls in request_types() if compile_rules(cls) is not None]
