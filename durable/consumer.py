@@ -56,7 +56,7 @@ from prometheus_client import CollectorRegistry, Counter
 from interceptors.correlation import HEADER as CORRELATION_HEADER
 from interceptors.inbound import InboundWork, inbound_var
 from interceptors.retry import RetryPolicy
-from interceptors.tracing import PROPAGATOR
+from interceptors.tracing import PROPAGATOR, carrier
 
 _log = logging.getLogger(__name__)
 # SQS refuses (not trims) a visibility past 12 hours from the receive; the margin
@@ -228,7 +228,7 @@ class SqsConsumer:
             _log.warning("delaying a retry failed", extra={"error_type": type(error).__name__})
 
     async def _in_context(self, delivery: Delivery) -> None:
-        token = otel_context.attach(PROPAGATOR.extract(delivery.attributes))
+        token = otel_context.attach(PROPAGATOR.extract(carrier(delivery.attributes)))
         correlation_id = delivery.attributes.get(CORRELATION_HEADER) or ""
         inbound = inbound_var.set(InboundWork(correlation_id))
         try:

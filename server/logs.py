@@ -32,6 +32,13 @@ class CallContextFilter(logging.Filter):
 
 
 QUIET_AT_DEBUG = ("botocore", "aiobotocore", "urllib3", "s3transfer")
+# They warn, quoting it, about every malformed traceparent, tracestate or baggage a
+# caller sends (up to 8 KB a line, per call); such a header is ignored, as it should be.
+CALLER_CONTEXT_WARNINGS = (
+    "opentelemetry.trace.span",
+    "opentelemetry.trace.propagation.tracecontext",
+    "opentelemetry.baggage.propagation",
+)
 
 
 def configure_logging(service_name: str, level: int) -> None:
@@ -55,3 +62,5 @@ def configure_logging(service_name: str, level: int) -> None:
     # from our tables and the values of secrets. Never below INFO, whatever LOG_LEVEL.
     for name in QUIET_AT_DEBUG:
         logging.getLogger(name).setLevel(max(level, logging.INFO))
+    for name in CALLER_CONTEXT_WARNINGS:
+        logging.getLogger(name).setLevel(logging.ERROR)

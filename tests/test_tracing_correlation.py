@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -21,10 +23,10 @@ from grpcplatform.testing.v1 import echo_pb2 as pb
 from grpcplatform.testing.v1.echo_platform import ECHO_SERVICE_METHODS, EchoServiceClient
 from interceptors.call import ServerCall
 from interceptors.correlation import HEADER
-from interceptors.tracing import PropagationLayer
+from interceptors.tracing import PropagationLayer, carrier
 from tests.conftest import MakeChannels, StartRuntime
 from tests.support import echo
-from tests.support.net import PYTHON, ROOT
+from tests.support.net import PYTHON, ROOT, running_service
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
@@ -156,3 +158,39 @@ async def test_client_spans_parent_the_downstream_server_span(
     assert server_span.parent is not None
     assert server_span.parent.span_id == client_span.context.span_id
     assert server_span.context.trace_id == client_span.context.trace_id
+
+
+HOSTILE_BAGGAGE = "k" + " " * 7500 + "=v"  # quadratic in OpenTelemetry's baggage parser
+
+
+def test_baggage_unsafe_to_parse_is_dropped_before_the_parser() -> None:
+    plain = {"traceparent": PARENT, "baggage": "tenant=acme"}
+    assert carrier(plain) is plain
+    for unsafe in (HOSTILE_BAGGAGE, "a=b," * 600, "a=b" + "\t " * 8 + ",c=d"):
+        kept = carrier({"traceparent": PARENT, "baggage": unsafe})
+        assert kept == {"traceparent": PARENT}
+
+
+async def test_a_call_with_hostile_trace_context_is_served_and_keeps_its_trace(
+    client: EchoServiceClient,
+) -> None:
+    metadata = (("traceparent", PARENT), ("baggage", HOSTILE_BAGGAGE))
+    assert await correlation_of(client, metadata) == TRACE_ID
+
+
+async def test_malformed_caller_context_is_not_logged_per_call(tmp_path: Path) -> None:
+    """OpenTelemetry warns, quoting the header, about each malformed one it ignores."""
+    with running_service("tests.support.echo:build", tmp_path) as service:
+        channels = ChannelFactory()
+        client = EchoServiceClient(channels.connect(service.target))
+        metadata = (
+            ("traceparent", PARENT),
+            ("tracestate", '"message": "forged"} x'),
+            ("baggage", "not a member," * 100),
+        )
+        for _ in range(3):
+            await client.echo(pb.EchoRequest(message="x"), metadata=metadata)
+        await channels.close()
+        assert await asyncio.to_thread(service.terminate) == 0
+    assert "forged" not in service.stderr()
+    assert "not a member" not in service.stderr()
