@@ -11,10 +11,13 @@ metadata (server.dispatch); per call its handler:
    layer's `begin` in the order of `Steps`, validation of the request, then
    the application's layers (the access log only writes, at the end);
 2. awaits the handler (within the local deadline, if the deadline layer set
-   one), counting messages and validating each inbound stream message;
+   one), counting messages and validating each inbound stream message, and
+   serializes what it answers (grpc is given the bytes), so that a response
+   that does not serialize fails here, mapped like any other error;
 3. maps any exception to a rich status in one place (`ErrorMapper`,
    `encoded_status`) and aborts with it, keeping the correlation id in the
-   trailers; caller cancellation is recorded as CANCELLED and re-raised;
+   trailers; if mapping fails too, the caller gets the generic INTERNAL;
+   caller cancellation is recorded as CANCELLED and re-raised;
 4. runs `MethodChain.leave`: the ends, in reverse order.
 
 Why fixed call sites rather than a loop over layer objects: under load,
@@ -50,7 +53,13 @@ from interceptors.access_log import AccessLog
 from interceptors.call import Layer, Metadata, ServerCall
 from interceptors.correlation import HEADER as CORRELATION_HEADER
 from interceptors.correlation import CorrelationLayer
-from interceptors.errors import STATUS_DETAILS_KEY, DeadlineExceeded, ErrorMapper, encoded_status
+from interceptors.errors import (
+    STATUS_DETAILS_KEY,
+    DeadlineExceeded,
+    ErrorMapper,
+    encoded_status,
+    internal_error,
+)
 from interceptors.inbound import inbound_var
 from interceptors.policy import Arity, MethodPolicy
 from interceptors.retry import PUSHBACK_KEY
@@ -58,6 +67,14 @@ from interceptors.validation import RequestValidator, lenient, message_class_of
 
 _log = logging.getLogger(__name__)
 _OK = grpc.StatusCode.OK
+Serializer = Callable[[Any], bytes]
+_STREAMING_OUT = (Arity.UNARY_STREAM, Arity.STREAM_STREAM)
+
+
+def _as_is(response: Any) -> bytes:
+    """For a method grpc was given no serializer for: its handler answers bytes."""
+    encoded: bytes = response
+    return encoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,24 +240,33 @@ class ServerChain:
             self.validator,
             message_class_of(deserializer) if deserializer else None,
         )
-        serializers = {
-            "request_deserializer": lenient(deserializer) if deserializer else None,
-            "response_serializer": handler.response_serializer,
-        }
+        serialize = handler.response_serializer or _as_is
+
+        def serializers(behavior: Any) -> dict[str, Any]:
+            # The chain serializes what it returns or yields, so a response that does not
+            # serialize is an error it maps like any other (grpc would answer UNKNOWN with
+            # the exception's text, after the chain had counted the call OK); a handler
+            # using context.write has grpc serialize each message, inside the handler.
+            writes = policy.arity in _STREAMING_OUT and not inspect.isasyncgenfunction(behavior)
+            return {
+                "request_deserializer": lenient(deserializer) if deserializer else None,
+                "response_serializer": handler.response_serializer if writes else None,
+            }
+
         if policy.arity is Arity.UNARY_UNARY:
-            behavior = self._unary_unary(handler.unary_unary, policy, chain)
-            template = grpc.unary_unary_rpc_method_handler(behavior, **serializers)
+            behavior = self._unary_unary(handler.unary_unary, policy, chain, serialize)
+            template = grpc.unary_unary_rpc_method_handler(behavior, **serializers(behavior))
             return ChainedMethod(template, "unary_unary", behavior)
         if policy.arity is Arity.UNARY_STREAM:
-            behavior = self._streaming(handler.unary_stream, policy, chain, False)
-            template = grpc.unary_stream_rpc_method_handler(behavior, **serializers)
+            behavior = self._streaming(handler.unary_stream, policy, chain, False, serialize)
+            template = grpc.unary_stream_rpc_method_handler(behavior, **serializers(behavior))
             return ChainedMethod(template, "unary_stream", behavior)
         if policy.arity is Arity.STREAM_UNARY:
-            behavior = self._stream_unary(handler.stream_unary, policy, chain)
-            template = grpc.stream_unary_rpc_method_handler(behavior, **serializers)
+            behavior = self._stream_unary(handler.stream_unary, policy, chain, serialize)
+            template = grpc.stream_unary_rpc_method_handler(behavior, **serializers(behavior))
             return ChainedMethod(template, "stream_unary", behavior)
-        behavior = self._streaming(handler.stream_stream, policy, chain, True)
-        template = grpc.stream_stream_rpc_method_handler(behavior, **serializers)
+        behavior = self._streaming(handler.stream_stream, policy, chain, True, serialize)
+        template = grpc.stream_stream_rpc_method_handler(behavior, **serializers(behavior))
         return ChainedMethod(template, "stream_stream", behavior)
 
     # -- per-call plumbing ---------------------------------------------------------------
@@ -258,11 +284,20 @@ class ServerChain:
             # The handler aborted by itself: the status is already set.
             call.code = call.context.code() or grpc.StatusCode.UNKNOWN
             raise error
-        platform = self.errors.to_platform_error(error, call.correlation_id or "unknown")
+        correlation_id = call.correlation_id or "unknown"
+        try:
+            platform = self.errors.to_platform_error(error, correlation_id)
+            details = encoded_status(platform, self.error_domain)
+        except Exception as unmappable:
+            # A service's `translate`, or an error's own details or metadata, failed: the
+            # caller still gets the generic INTERNAL (grpc would send this failure's text).
+            error = unmappable  # logged with the error it was mapping, its context
+            platform = internal_error(correlation_id)
+            details = encoded_status(platform, self.error_domain)
         call.code = platform.code
         call.error = error
         trailers: tuple[tuple[str, str | bytes], ...] = (
-            (STATUS_DETAILS_KEY, encoded_status(platform, self.error_domain)),
+            (STATUS_DETAILS_KEY, details),
             (CORRELATION_HEADER, call.correlation_id),
         )
         if platform.retry_after is not None:
@@ -287,7 +322,9 @@ class ServerChain:
 
     # -- arities ---------------------------------------------------------------------------
 
-    def _unary_unary(self, behavior: Any, policy: MethodPolicy, chain: MethodChain) -> Any:
+    def _unary_unary(
+        self, behavior: Any, policy: MethodPolicy, chain: MethodChain, serialize: Serializer
+    ) -> Any:
         fail, enter, leave = self._fail, chain.enter, chain.leave
 
         async def handler(
@@ -298,7 +335,7 @@ class ServerChain:
             call.received = 1
             try:
                 enter(call)
-                response = await behavior(request, context)
+                response = serialize(await behavior(request, context))
                 call.sent = 1
                 return response
             except BaseException as error:
@@ -308,7 +345,9 @@ class ServerChain:
 
         return handler
 
-    def _stream_unary(self, behavior: Any, policy: MethodPolicy, chain: MethodChain) -> Any:
+    def _stream_unary(
+        self, behavior: Any, policy: MethodPolicy, chain: MethodChain, serialize: Serializer
+    ) -> Any:
         fail, enter, leave, inbound = self._fail, chain.enter, chain.leave, self._inbound
 
         async def handler(
@@ -317,7 +356,7 @@ class ServerChain:
             call = ServerCall(policy, context, metadata)
             try:
                 enter(call)
-                response = await behavior(inbound(call, chain, requests), context)
+                response = serialize(await behavior(inbound(call, chain, requests), context))
                 call.sent = 1
                 return response
             except BaseException as error:
@@ -328,7 +367,12 @@ class ServerChain:
         return handler
 
     def _streaming(
-        self, behavior: Any, policy: MethodPolicy, chain: MethodChain, streaming_in: bool
+        self,
+        behavior: Any,
+        policy: MethodPolicy,
+        chain: MethodChain,
+        streaming_in: bool,
+        serialize: Serializer,
     ) -> Any:
         fail, enter, leave, inbound = self._fail, chain.enter, chain.leave, self._inbound
 
@@ -364,8 +408,9 @@ class ServerChain:
                 argument = prepare(call, request)
                 enter(call)
                 async for response in behavior(argument, context):
+                    encoded = serialize(response)
                     call.sent += 1
-                    yield response
+                    yield encoded
             except BaseException as error:
                 await fail(call, error)
             finally:

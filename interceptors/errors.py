@@ -342,7 +342,12 @@ class ErrorMapper:
         translated = self.translate(error)
         if translated is not None:
             return translated
-        return InternalError(
-            f"internal error (correlation id {correlation_id})",
-            metadata={"correlationId": correlation_id},
-        )
+        return internal_error(correlation_id)
+
+
+def internal_error(correlation_id: str) -> InternalError:
+    """What the caller of a call that failed unexpectedly gets: no detail, the id to report."""
+    return InternalError(
+        f"internal error (correlation id {correlation_id})",
+        metadata={"correlationId": correlation_id},
+    )

@@ -142,6 +142,44 @@ async def test_unexpected_exception_leaks_nothing_but_the_correlation_id(
     assert dict(trailers)[CORRELATION] == correlation_id
 
 
+def assert_generic_internal(error: grpc.aio.AioRpcError) -> None:
+    assert error.code() == grpc.StatusCode.INTERNAL
+    assert (error.details() or "").startswith("internal error (correlation id ")
+    wire = repr(error.trailing_metadata()) + (error.details() or "") + repr(status_of(error))
+    for internal in ("TypeError", "NoneType", "Serialize", "Unexpected", "count"):
+        assert internal not in wire
+    info = error_info(error)
+    assert info is not None
+    assert info.reason == "INTERNAL"
+
+
+async def test_an_error_that_cannot_be_mapped_is_the_generic_internal(
+    client: EchoServiceClient,
+) -> None:
+    """Mapping the error failed (metadata not strings): grpc would have sent UNKNOWN
+    with the TypeError's text."""
+    assert_generic_internal(await failing_call(client, "unmappable"))
+
+
+async def test_a_response_that_does_not_serialize_is_the_generic_internal(
+    client: EchoServiceClient,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as unary:
+        await client.echo(pb.EchoRequest(message=echo.NOT_SERIALIZABLE))
+    assert_generic_internal(unary.value)
+
+    received: list[int] = []
+
+    async def read_all() -> None:
+        async for reply in client.expand(pb.ExpandRequest(message=echo.NOT_SERIALIZABLE, count=2)):
+            received.append(reply.index)
+
+    with pytest.raises(grpc.aio.AioRpcError) as streamed:
+        await read_all()
+    assert received == [0, 1]  # what serialized went out; then the status
+    assert_generic_internal(streamed.value)
+
+
 async def test_errors_in_a_stream_are_mapped_too(client: EchoServiceClient) -> None:
     async def messages() -> AsyncIterator[pb.ChatRequest]:
         yield pb.ChatRequest(message="ok")

@@ -47,7 +47,14 @@ FAULTS: dict[str, Exception] = {
     "unavailable": errors.Unavailable("try later", retry_after=0.3),
     "deadline": errors.DeadlineExceeded("too slow"),
     "internal": RuntimeError("db-7.internal.example refused password=hunter2"),
+    # A service's mistake in its own error: ErrorInfo metadata must be strings.
+    "unmappable": errors.FailedPrecondition(
+        "not now",
+        [],
+        metadata={"count": 5},  # type: ignore[dict-item]
+    ),
 }
+NOT_SERIALIZABLE = "respond:none"  # a handler answers None: a service's mistake too
 
 
 class EchoService(EchoServiceServicer):
@@ -69,6 +76,8 @@ class EchoService(EchoServiceServicer):
             await asyncio.sleep(request.delay_ms / 1000)
         if request.message == "relay" and self.downstream is not None:
             return await self.downstream.echo(pb.EchoRequest(message="relayed"))
+        if request.message == NOT_SERIALIZABLE:
+            return None  # type: ignore[return-value]
         return pb.EchoResponse(
             message=request.message, peer=context.peer(), time_remaining_seconds=remaining
         )
@@ -78,6 +87,8 @@ class EchoService(EchoServiceServicer):
     ) -> AsyncIterator[pb.ExpandResponse]:
         for index in range(request.count):
             yield pb.ExpandResponse(message=request.message, index=index)
+        if request.message == NOT_SERIALIZABLE:
+            yield None  # type: ignore[misc]
 
     async def collect(
         self, request_iterator: AsyncIterator[pb.CollectRequest], context: Context
