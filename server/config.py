@@ -23,6 +23,10 @@ from server.event_loop import EVENT_LOOPS
 from server.tls import TlsFileError, TlsFiles
 
 _INTEGER = re.compile(r"-?[0-9]+")
+# grpc's channel arguments are C ints, and durations go to it in milliseconds: larger
+# values overflowed with a traceback at start-up.
+MAX_INT = 2**31 - 1
+MAX_SECONDS = MAX_INT // 1000
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -218,7 +222,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Shed a growing share of the calls of methods that are not cheap "
         "(`SHED_QUEUE_DELAY_MIN_HANDLING_SECONDS`) while calls wait this long to start, for "
         "0.25 s (a CPU-bound overload, which the concurrency limit cannot see); 0: off, and "
-        "no probe.",
+        "no probe; else at least 0.005 (an idle server's probe takes under 1 ms).",
     ),
     Setting(
         "SHED_QUEUE_DELAY_MIN_HANDLING_SECONDS",
@@ -258,14 +262,14 @@ class EnvReader:
         return self._raw(name, default)
 
     def integer(
-        self, name: str, default: str | None = None, *, minimum: int = 0, maximum: int | None = None
+        self, name: str, default: str | None = None, *, minimum: int = 0, maximum: int = MAX_INT
     ) -> int:
         raw = self._raw(name, default)
-        bounds = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+        bounds = f"from {minimum} to {maximum}"
         if not _INTEGER.fullmatch(raw):
             raise ConfigError(f"{name} must be an integer {bounds}, got {raw!r}")
         value = int(raw)
-        if value < minimum or (maximum is not None and value > maximum):
+        if not minimum <= value <= maximum:
             raise ConfigError(f"{name} must be an integer {bounds}, got {raw!r}")
         return value
 
@@ -278,8 +282,10 @@ class EnvReader:
             value = float(raw)
         except ValueError:
             raise ConfigError(f"{name} must be a number of seconds >= 0, got {raw!r}") from None
-        if not value >= 0 or value == float("inf"):
-            raise ConfigError(f"{name} must be a number of seconds >= 0, got {raw!r}")
+        if not 0 <= value <= MAX_SECONDS:  # also refuses nan; inf is above it
+            raise ConfigError(
+                f"{name} must be a number of seconds from 0 to {MAX_SECONDS}, got {raw!r}"
+            )
         return value
 
     def ratio(self, name: str, default: str | None = None) -> float:
@@ -312,10 +318,19 @@ class EnvReader:
         return raw.upper()
 
 
-def _positive(read: EnvReader, name: str) -> float:
+def _positive(read: EnvReader, name: str, least: float = 0.0) -> float:
+    """Seconds above 0 (and at least `least`): where 0 would break every connection or call."""
     value = read.seconds(name)
-    if value <= 0:
-        raise ConfigError(f"{name} must be a number of seconds > 0, got '{value:g}'")
+    if value <= 0 or value < least:
+        bound = f">= {least:g}" if least else "> 0"
+        raise ConfigError(f"{name} must be a number of seconds {bound}, got '{value:g}'")
+    return value
+
+
+def _off_or_at_least(read: EnvReader, name: str, least: float) -> float:
+    value = read.seconds(name)
+    if 0 < value < least:
+        raise ConfigError(f"{name} must be 0 (off) or at least {least:g} seconds, got '{value:g}'")
     return value
 
 
@@ -338,8 +353,11 @@ def _rate_overrides(entries: tuple[str, ...]) -> dict[str, Rate | None]:
         try:
             if method.count("/") != 1 or not method.strip("/"):
                 raise ValueError(entry)
+            per_second, size = float(rate), float(burst or 0)
+            if not (math.isfinite(per_second) and math.isfinite(size)):
+                raise ValueError(entry)  # inf would turn the limit off, nan fail each call
             overrides["/" + method.strip().lstrip("/")] = _rate(
-                "RATE_LIMIT_OVERRIDES", float(rate), float(burst or 0)
+                "RATE_LIMIT_OVERRIDES", per_second, size
             )
         except ValueError:
             raise ConfigError(
@@ -443,11 +461,12 @@ class ServerConfig:
             max_receive_message_bytes=read.integer("GRPC_MAX_RECEIVE_MESSAGE_BYTES", minimum=1024),
             max_send_message_bytes=read.integer("GRPC_MAX_SEND_MESSAGE_BYTES", minimum=1024),
             max_concurrent_streams=read.integer("GRPC_MAX_CONCURRENT_STREAMS", minimum=1),
-            keepalive_time=read.seconds("GRPC_KEEPALIVE_TIME_SECONDS"),
-            keepalive_timeout=read.seconds("GRPC_KEEPALIVE_TIMEOUT_SECONDS"),
+            # grpc takes these in whole milliseconds, and 0 would close every connection.
+            keepalive_time=_positive(read, "GRPC_KEEPALIVE_TIME_SECONDS", 0.001),
+            keepalive_timeout=_positive(read, "GRPC_KEEPALIVE_TIMEOUT_SECONDS", 0.001),
             min_ping_interval=read.seconds("GRPC_MIN_PING_INTERVAL_SECONDS"),
-            max_connection_idle=read.seconds("GRPC_MAX_CONNECTION_IDLE_SECONDS"),
-            max_connection_age=read.seconds("GRPC_MAX_CONNECTION_AGE_SECONDS"),
+            max_connection_idle=_positive(read, "GRPC_MAX_CONNECTION_IDLE_SECONDS", 0.001),
+            max_connection_age=_positive(read, "GRPC_MAX_CONNECTION_AGE_SECONDS", 0.001),
             max_connection_age_grace=read.seconds("GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS"),
             shutdown_delay=read.seconds("SHUTDOWN_DELAY_SECONDS"),
             shutdown_grace=read.seconds("SHUTDOWN_GRACE_SECONDS"),
@@ -465,7 +484,8 @@ class ServerConfig:
             rate_limit_overrides=_rate_overrides(read.names("RATE_LIMIT_OVERRIDES")),
             shed_enabled=read.boolean("SHED_ENABLED"),
             **_shed_limits(read),
-            shed_queue_delay=read.seconds("SHED_QUEUE_DELAY_SECONDS"),
+            # An idle server's probe takes under a millisecond: a bound near that sheds always.
+            shed_queue_delay=_off_or_at_least(read, "SHED_QUEUE_DELAY_SECONDS", 0.005),
             shed_queue_delay_min_handling=read.seconds("SHED_QUEUE_DELAY_MIN_HANDLING_SECONDS"),
             tls=tls,
             authorization=_authorization(read, tls),

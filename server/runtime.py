@@ -105,17 +105,24 @@ class Runtime:
         health_service = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         enable_reflection([*names, health_service], table)
         self.methods = table
+        # A rule for a method not served is a typo or a stale setting: stop, naming it.
+        served = [
+            policy.full_method
+            for servicer in application.servicers
+            for policy in servicer.METHODS.values()
+        ]
         if config.authorization is not None:
-            served = [
-                policy.full_method
-                for servicer in application.servicers
-                for policy in servicer.METHODS.values()
-            ]
             unmatched = config.authorization.unmatched(served)
             if unmatched:
                 raise ConfigError(
                     f"AUTHZ_RULES names methods this service does not serve: {', '.join(unmatched)}"
                 )
+        unserved = sorted(set(config.rate_limit_overrides) - set(served))
+        if unserved:
+            raise ConfigError(
+                "RATE_LIMIT_OVERRIDES names methods this service does not serve: "
+                + ", ".join(method.lstrip("/") for method in unserved)
+            )
         try:  # checked again: the files may have changed since the configuration was read
             self.tls = None if config.tls is None else ServerTls(config.tls)
         except TlsFileError as error:

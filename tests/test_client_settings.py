@@ -93,8 +93,8 @@ def test_bad_dependency_setting_stops_the_service_before_it_binds() -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "configuration error: CLIENT_ACCOUNTS_BULKHEAD_MAX_CONCURRENT must be an integer >= 1, "
-        "got 'lots'"
+        "configuration error: CLIENT_ACCOUNTS_BULKHEAD_MAX_CONCURRENT must be an integer "
+        "from 1 to 2147483647, got 'lots'"
     ]
     assert not port_open(grpc_port)
     assert not port_open(admin_port)

@@ -42,13 +42,40 @@ def test_defaults_parse() -> None:
         ("SHED_QUEUE_DELAY_SECONDS", "-0.05"),
         ("SHED_QUEUE_DELAY_SECONDS", "50ms"),
         ("SHED_QUEUE_DELAY_MIN_HANDLING_SECONDS", "-1"),
+        # Values that used to start a server that fails open or fails every call:
+        ("SHED_QUEUE_DELAY_SECONDS", "1e-300"),  # shed up to 90% for good
+        ("GRPC_MAX_CONNECTION_IDLE_SECONDS", "0"),  # every call UNAVAILABLE
+        ("GRPC_MAX_CONNECTION_AGE_SECONDS", "0.0001"),  # 0 ms for grpc
+        ("GRPC_KEEPALIVE_TIME_SECONDS", "1e7"),  # overflowed grpc's int: a traceback
+        ("GRPC_MAX_RECEIVE_MESSAGE_BYTES", "4294967296"),
+        ("RATE_LIMIT_OVERRIDES", "a.B/C=10:inf"),  # the limit silently off
+        ("RATE_LIMIT_OVERRIDES", "a.B/C=inf"),
+        ("RATE_LIMIT_OVERRIDES", "a.B/C=nan"),  # every call INTERNAL
+        ("RATE_LIMIT_OVERRIDES", "a.B/C=1e400"),
     ],
 )
 def test_bad_value_names_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=rf"^{name} ") as caught:
         ServerConfig.from_env({"SERVICE": "accounts", name: value})
     assert "\n" not in str(caught.value)
-    assert repr(value) in str(caught.value)
+    assert repr(value) in str(caught.value) or f"'{float(value):g}'" in str(caught.value)
+
+
+def test_rate_limit_overrides_parse() -> None:
+    config = ServerConfig.from_env(
+        {
+            "SERVICE": "accounts",
+            "RATE_LIMIT_RPS": "100",
+            "RATE_LIMIT_OVERRIDES": "ledger.v1.Accounts/Withdraw=10:20, ledger.v1.Accounts/Get=0",
+        }
+    )
+    withdraw = config.rate_for("/ledger.v1.Accounts/Withdraw")
+    assert withdraw is not None
+    assert (withdraw.per_second, withdraw.burst) == (10, 20)
+    assert config.rate_for("/ledger.v1.Accounts/Get") is None  # 0: no limit for it
+    other = config.rate_for("/ledger.v1.Accounts/Deposit")
+    assert other is not None
+    assert other.per_second == 100
 
 
 def test_missing_service_is_named() -> None:

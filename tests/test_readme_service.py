@@ -123,5 +123,5 @@ def test_a_bad_setting_of_the_example_stops_start_up_naming_it(example_root: Pat
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "configuration error: DEMO_BALANCE must be an integer >= 0, got 'lots'"
+        "configuration error: DEMO_BALANCE must be an integer from 0 to 2147483647, got 'lots'"
     ]

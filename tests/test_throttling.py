@@ -18,6 +18,7 @@ from grpcplatform.testing.v1 import echo_pb2 as pb
 from grpcplatform.testing.v1.echo_platform import EchoServiceClient
 from interceptors.ratelimit import HINTS_PER_SECOND, Rate, TokenBucket, retry_hint
 from interceptors.shedding import AdaptiveLimit, ShedSettings
+from server.config import ConfigError
 from tests.conftest import StartRuntime
 from tests.support import echo
 from tests.test_metrics import scrape, value
@@ -162,3 +163,27 @@ def test_a_retry_hint_is_a_whole_step_and_never_shorter_than_the_wait(wait: floa
     assert round(steps) >= 1
     assert abs(steps - round(steps)) < 1e-6
     assert wait - 1e-9 <= hint < wait + 1 / HINTS_PER_SECOND
+
+
+async def test_a_per_method_override_limits_that_method_only(
+    start_runtime: StartRuntime, single_attempt_channels: ChannelFactory
+) -> None:
+    runtime = await start_runtime(
+        echo.build,
+        RATE_LIMIT_RPS="1000",
+        RATE_LIMIT_OVERRIDES="grpcplatform.testing.v1.EchoService/Notify=0.01:2",
+    )
+    client = EchoServiceClient(single_attempt_channels.connect(f"127.0.0.1:{runtime.grpc_port}"))
+    notified = [await outcome(client.notify(pb.NotifyRequest())) for _ in range(5)]
+    assert notified == [grpc.StatusCode.OK] * 2 + [grpc.StatusCode.RESOURCE_EXHAUSTED] * 3
+    echoed = [await outcome(client.echo(pb.EchoRequest())) for _ in range(5)]
+    assert echoed == [grpc.StatusCode.OK] * 5
+
+
+async def test_an_override_for_a_method_not_served_stops_start_up(
+    start_runtime: StartRuntime,
+) -> None:
+    with pytest.raises(ConfigError, match=r"^RATE_LIMIT_OVERRIDES names methods .* not serve: "):
+        await start_runtime(
+            echo.build, RATE_LIMIT_OVERRIDES="grpcplatform.testing.v1.EchoService/echo=5"
+        )
