@@ -11,6 +11,7 @@ protovalidate finds no violation.
 
 from __future__ import annotations
 
+import signal
 import uuid
 from typing import Any
 
@@ -23,7 +24,7 @@ from hypothesis import strategies as st
 
 from buf.validate import validate_pb2
 from grpcplatform.testing.v1 import echo_pb2
-from interceptors.compiled_rules import compile_rules
+from interceptors.compiled_rules import _linear_in_re, compile_rules
 from interceptors.validation import Undecodable
 from ledger.v1 import accounts_pb2, money_pb2, transfers_pb2
 from tests.support.messages import message_strategy
@@ -123,6 +124,8 @@ BOOL, BYTES, ENUM, MESSAGE, DOUBLE = (
 )
 PATTERN = "^[a-c]+(?:-[0-9]{2,3})?$"
 SEARCHED = r"\d+\.\w*"
+RUN = "^[a-c]+$"  # linear on Python's re: runs there
+NESTED = "^(?:[a-c]+-?)+$"  # exponential on Python's re: runs on RE2
 IF_ZERO, ALWAYS = validate_pb2.IGNORE_IF_ZERO_VALUE, validate_pb2.IGNORE_ALWAYS
 AFFIXES = {"prefix": "ab", "suffix": "yz", "contains": "m", "not_contains": "q"}
 CEL = [{"id": "x", "message": "x", "expression": "this != 'x'"}]
@@ -147,6 +150,8 @@ COMPILED: dict[str, tuple[int, Rules, str]] = {
     "StrUuid": (STRING, rules(string={"uuid": True}), "plain"),
     "StrPattern": (STRING, rules(string={"pattern": PATTERN}), "plain"),
     "StrSearch": (STRING, rules(string={"pattern": SEARCHED}), "plain"),
+    "StrRun": (STRING, rules(string={"pattern": RUN}), "plain"),
+    "StrNested": (STRING, rules(string={"pattern": NESTED}), "plain"),
     "Int32Range": (INT32, rules(int32={"gt": -5, "lte": 7}), "plain"),
     "Int64Exclusive": (INT64, rules(int64={"gt": 10, "lt": 5}), "plain"),
     "Int64Gte": (INT64, rules(int64={"gte": 3}), "plain"),
@@ -346,6 +351,46 @@ def test_each_compiled_rule_agrees_with_protovalidate(name: str) -> None:
     )()
     if name != "IgnoreAlways":
         assert seen == {True, False}, f"{name}: the strategies must reach both outcomes"
+
+
+def test_a_pattern_that_backtracks_in_re_is_matched_in_linear_time() -> None:
+    """On Python's re, NESTED takes exponential time (`^(a+)+$` took 11 s on 29
+    characters); a request must never block the server on a contract's pattern."""
+    cls = synthetic("StrNested")
+    valid = compile_rules(cls)
+    assert valid is not None
+    hostile = build(cls, STRING, "plain", "a" * 60 + "!")
+
+    def too_slow(signum: int, frame: Any) -> None:
+        raise TimeoutError("the pattern backtracked")
+
+    previous = signal.signal(signal.SIGALRM, too_slow)
+    signal.setitimer(signal.ITIMER_REAL, 10)  # microseconds on RE2; ages on re
+    try:
+        assert valid(hostile) is False
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "linear"),
+    [
+        (RUN, True),
+        ("^[A-Z]{3}$", True),
+        ("^[!-~]+$", True),
+        ("^[^]a]*x$", True),  # a class's first ] is a literal
+        (NESTED, False),
+        (PATTERN, False),  # a group
+        (SEARCHED, False),  # not anchored: search tries every start
+        ("^a+b*$", False),  # two quantifiers of variable count
+        ("^a{2,3}b+$", False),
+        ("^a{2,3}b$", True),
+        ("^a|b$", False),
+    ],
+)
+def test_only_patterns_linear_in_re_run_there(pattern: str, linear: bool) -> None:
+    assert _linear_in_re(pattern) is linear
 
 
 @pytest.mark.parametrize("name", [*sorted(NOT_COMPILED), "MessageCel", "Recursive"])
