@@ -2,8 +2,11 @@
 
 Runs before the handler: an invalid request never reaches it. Violations
 become INVALID_ARGUMENT with one `BadRequest.FieldViolation` per violated
-field (path such as `amount.minor_units`; several rules broken by one field
-are joined in its description). Message-level (CEL) rules have no field;
+field (path such as `amount.minor_units`, with list indexes and map keys as
+AIP-193 shows them: `items[3].code`, `labels["a"]`; several rules broken by
+one field are joined in its description), at most `MAX_VIOLATIONS` of them:
+a request of 50,000 bad elements made a 1.5 MB status, past what clients
+accept in trailers. Message-level (CEL) rules have no field;
 they are reported under the rule's id. For client streams every inbound
 message is checked as it is read. Bytes that do not decode at all become
 INVALID_ARGUMENT too (`lenient`), not grpc's INTERNAL.
@@ -16,6 +19,7 @@ walk, which cost about 14 us per small request under load.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -25,12 +29,28 @@ from google.protobuf.message import Message
 from interceptors.compiled_rules import Predicate, compile_rules
 from interceptors.errors import FieldViolation, InvalidArgument
 
+MAX_VIOLATIONS = 50  # field violations in one status: clients take about 8-16 KB of trailers
+MAX_KEY = 64  # characters of a map key a path quotes
+
 
 def _path(violation: Any) -> str:
     field = violation.proto.field  # None for message-level (CEL) rules
     if field is None:
         return ""
-    return ".".join(element.field_name for element in field.elements)
+    return ".".join(_step(element) for element in field.elements)
+
+
+def _step(element: Any) -> str:
+    """One field of a path, with its list index or map key: `items[3]`, `labels["a"]`."""
+    subscript = element.subscript  # protovalidate's own message type: a oneof or None
+    if subscript is None:
+        return str(element.field_name)
+    key = subscript.value
+    if subscript.field == "string_key":
+        return f"{element.field_name}[{json.dumps(key[:MAX_KEY])}]"
+    if subscript.field == "bool_key":
+        return f"{element.field_name}[{str(key).lower()}]"
+    return f"{element.field_name}[{key}]"
 
 
 class RequestValidator:
@@ -55,9 +75,15 @@ class RequestValidator:
         for violation in violations:
             field = _path(violation) or violation.proto.rule_id
             by_field.setdefault(field, []).append(violation.proto.message)
+        fields = list(by_field)
+        summary = ", ".join(fields[:10])
+        if len(fields) > MAX_VIOLATIONS:
+            summary += f" and {len(fields) - 10} more fields ({MAX_VIOLATIONS} detailed)"
+        elif len(fields) > 10:
+            summary += f" and {len(fields) - 10} more fields"
         raise InvalidArgument(
-            "the request is invalid: " + ", ".join(by_field),
-            [FieldViolation(field, "; ".join(texts)) for field, texts in by_field.items()],
+            "the request is invalid: " + summary,
+            [FieldViolation(name, "; ".join(by_field[name])) for name in fields[:MAX_VIOLATIONS]],
         )
 
 
