@@ -71,6 +71,16 @@ Serializer = Callable[[Any], bytes]
 _STREAMING_OUT = (Arity.UNARY_STREAM, Arity.STREAM_STREAM)
 
 
+def _no_response(call: ServerCall) -> None:
+    """A unary handler answered None: right if it set its own status (context.set_code),
+    for which grpc sends no message; a mistake otherwise, answered INTERNAL."""
+    code = call.context.code()
+    if code is None or code is _OK:
+        raise TypeError("the handler answered None without setting a status")
+    call.code = code
+    return None
+
+
 def _as_is(response: Any) -> bytes:
     """For a method grpc was given no serializer for: its handler answers bytes."""
     encoded: bytes = response
@@ -335,9 +345,11 @@ class ServerChain:
             call.received = 1
             try:
                 enter(call)
-                response = serialize(await behavior(request, context))
+                response = await behavior(request, context)
+                if response is None:
+                    return _no_response(call)
                 call.sent = 1
-                return response
+                return serialize(response)
             except BaseException as error:
                 await fail(call, error)
             finally:
@@ -356,9 +368,11 @@ class ServerChain:
             call = ServerCall(policy, context, metadata)
             try:
                 enter(call)
-                response = serialize(await behavior(inbound(call, chain, requests), context))
+                response = await behavior(inbound(call, chain, requests), context)
+                if response is None:
+                    return _no_response(call)
                 call.sent = 1
-                return response
+                return serialize(response)
             except BaseException as error:
                 await fail(call, error)
             finally:

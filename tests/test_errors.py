@@ -180,6 +180,14 @@ async def test_a_response_that_does_not_serialize_is_the_generic_internal(
     assert_generic_internal(streamed.value)
 
 
+async def test_a_status_the_handler_set_itself_is_answered(client: EchoServiceClient) -> None:
+    """context.set_code and no response: grpc's way, which the chain leaves alone."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.echo(pb.EchoRequest(message=echo.STATUS_SET))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert caught.value.details() == "set by the handler"
+
+
 async def test_errors_in_a_stream_are_mapped_too(client: EchoServiceClient) -> None:
     async def messages() -> AsyncIterator[pb.ChatRequest]:
         yield pb.ChatRequest(message="ok")

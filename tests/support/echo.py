@@ -55,6 +55,7 @@ FAULTS: dict[str, Exception] = {
     ),
 }
 NOT_SERIALIZABLE = "respond:none"  # a handler answers None: a service's mistake too
+STATUS_SET = "respond:set-code"
 
 
 class EchoService(EchoServiceServicer):
@@ -77,6 +78,10 @@ class EchoService(EchoServiceServicer):
         if request.message == "relay" and self.downstream is not None:
             return await self.downstream.echo(pb.EchoRequest(message="relayed"))
         if request.message == NOT_SERIALIZABLE:
+            return None  # type: ignore[return-value]
+        if request.message == STATUS_SET:  # grpc's own way to fail a call, without raising
+            context.set_code(grpc.StatusCode.NOT_FOUND)
+            context.set_details("set by the handler")
             return None  # type: ignore[return-value]
         return pb.EchoResponse(
             message=request.message, peer=context.peer(), time_remaining_seconds=remaining
