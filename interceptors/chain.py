@@ -13,7 +13,8 @@ metadata (server.dispatch); per call its handler:
 2. awaits the handler (within the local deadline, if the deadline layer set
    one), counting messages and validating each inbound stream message, and
    serializes what it answers (grpc is given the bytes), so that a response
-   that does not serialize fails here, mapped like any other error;
+   that does not serialize fails here, mapped like any other error; a status
+   the handler set itself (`context.set_code`) is answered and counted;
 3. maps any exception to a rich status in one place (`ErrorMapper`,
    `encoded_status`) and aborts with it, keeping the correlation id in the
    trailers; if mapping fails too, the caller gets the generic INTERNAL;
@@ -71,14 +72,14 @@ Serializer = Callable[[Any], bytes]
 _STREAMING_OUT = (Arity.UNARY_STREAM, Arity.STREAM_STREAM)
 
 
-def _no_response(call: ServerCall) -> None:
-    """A unary handler answered None: right if it set its own status (context.set_code),
-    for which grpc sends no message; a mistake otherwise, answered INTERNAL."""
+def _status_set(call: ServerCall) -> bool:
+    """Whether the handler set a failing status itself (context.set_code, grpc's way to
+    fail a call without raising): grpc sends it and no message; the call counts under it."""
     code = call.context.code()
     if code is None or code is _OK:
-        raise TypeError("the handler answered None without setting a status")
+        return False
     call.code = code
-    return None
+    return True
 
 
 def _as_is(response: Any) -> bytes:
@@ -346,10 +347,11 @@ class ServerChain:
             try:
                 enter(call)
                 response = await behavior(request, context)
-                if response is None:
-                    return _no_response(call)
+                if _status_set(call):
+                    return None
+                encoded = serialize(response)  # None or a non-message: INTERNAL, via fail
                 call.sent = 1
-                return serialize(response)
+                return encoded
             except BaseException as error:
                 await fail(call, error)
             finally:
@@ -369,10 +371,11 @@ class ServerChain:
             try:
                 enter(call)
                 response = await behavior(inbound(call, chain, requests), context)
-                if response is None:
-                    return _no_response(call)
+                if _status_set(call):
+                    return None
+                encoded = serialize(response)
                 call.sent = 1
-                return serialize(response)
+                return encoded
             except BaseException as error:
                 await fail(call, error)
             finally:
@@ -407,6 +410,7 @@ class ServerChain:
                     argument = prepare(call, request)
                     enter(call)
                     await behavior(argument, context)
+                    _status_set(call)
                 except BaseException as error:
                     await fail(call, error)
                 finally:
@@ -425,6 +429,7 @@ class ServerChain:
                     encoded = serialize(response)
                     call.sent += 1
                     yield encoded
+                _status_set(call)
             except BaseException as error:
                 await fail(call, error)
             finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import uuid
@@ -29,10 +30,12 @@ from interceptors.errors import (
     encoded_status,
     to_status,
 )
+from server.application import Application, RuntimeContext
 from tests.conftest import StartRuntime
 from tests.support import echo
 from tests.support.moto import Moto
 from tests.support.net import BIN, ServiceProcess, running_service
+from tests.test_metrics import scrape, value
 
 
 async def failing_call(client: EchoServiceClient, kind: str) -> grpc.aio.AioRpcError:
@@ -161,13 +164,18 @@ async def test_an_error_that_cannot_be_mapped_is_the_generic_internal(
     assert_generic_internal(await failing_call(client, "unmappable"))
 
 
+@pytest.mark.parametrize("answer", [echo.NOT_SERIALIZABLE, echo.NOT_A_MESSAGE])
 async def test_a_response_that_does_not_serialize_is_the_generic_internal(
-    client: EchoServiceClient,
+    client: EchoServiceClient, answer: str
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as unary:
-        await client.echo(pb.EchoRequest(message=echo.NOT_SERIALIZABLE))
+        await client.echo(pb.EchoRequest(message=answer))
     assert_generic_internal(unary.value)
 
+
+async def test_a_streamed_response_that_does_not_serialize_is_the_generic_internal(
+    client: EchoServiceClient,
+) -> None:
     received: list[int] = []
 
     async def read_all() -> None:
@@ -180,12 +188,60 @@ async def test_a_response_that_does_not_serialize_is_the_generic_internal(
     assert_generic_internal(streamed.value)
 
 
-async def test_a_status_the_handler_set_itself_is_answered(client: EchoServiceClient) -> None:
-    """context.set_code and no response: grpc's way, which the chain leaves alone."""
+async def test_a_status_the_handler_set_itself_is_answered_and_counted(
+    start_runtime: StartRuntime, single_attempt_channels: ChannelFactory
+) -> None:
+    """context.set_code: grpc's way to fail a call without raising, with or without a
+    response (grpc discards it); the chain answers and counts that status."""
+    runtime = await start_runtime(echo.build)
+    client = EchoServiceClient(single_attempt_channels.connect(f"127.0.0.1:{runtime.grpc_port}"))
+    for way in (echo.STATUS_SET, echo.STATUS_SET_WITH_MESSAGE):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await client.echo(pb.EchoRequest(message=way))
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        assert caught.value.details() == "set by the handler"
+    samples = await asyncio.to_thread(scrape, runtime.admin.port)
+    handled = {
+        "grpc_type": "unary",
+        "grpc_service": "grpcplatform.testing.v1.EchoService",
+        "grpc_method": "Echo",
+    }
+    assert value(samples, "grpc_server_handled_total", grpc_code="NotFound", **handled) == 2
+    assert value(samples, "grpc_server_msg_sent_total", **handled) == 0
+
+
+class WritingEcho(echo.EchoService):
+    """Expand written with context.write, the other form of a server stream."""
+
+    async def expand(self, request: pb.ExpandRequest, context: Any) -> None:  # type: ignore[override]
+        await context.write(pb.ExpandResponse(message=request.message, index=0))
+        await context.write(
+            None if request.message == echo.NOT_SERIALIZABLE else pb.ExpandResponse(index=1)
+        )
+
+
+async def build_writing(context: RuntimeContext) -> Application:
+    return Application(servicers=[WritingEcho()])
+
+
+async def test_a_handler_writing_its_stream_is_served_and_its_errors_mapped(
+    start_runtime: StartRuntime, single_attempt_channels: ChannelFactory
+) -> None:
+    runtime = await start_runtime(build_writing)
+    client = EchoServiceClient(single_attempt_channels.connect(f"127.0.0.1:{runtime.grpc_port}"))
+    replies = [reply.index async for reply in client.expand(pb.ExpandRequest(message="x", count=1))]
+    assert replies == [0, 1]
+
+    received: list[int] = []
+
+    async def read_all() -> None:
+        async for reply in client.expand(pb.ExpandRequest(message=echo.NOT_SERIALIZABLE, count=1)):
+            received.append(reply.index)
+
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await client.echo(pb.EchoRequest(message=echo.STATUS_SET))
-    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-    assert caught.value.details() == "set by the handler"
+        await read_all()
+    assert received == [0]
+    assert_generic_internal(caught.value)
 
 
 async def test_errors_in_a_stream_are_mapped_too(client: EchoServiceClient) -> None:

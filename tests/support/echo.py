@@ -55,7 +55,9 @@ FAULTS: dict[str, Exception] = {
     ),
 }
 NOT_SERIALIZABLE = "respond:none"  # a handler answers None: a service's mistake too
-STATUS_SET = "respond:set-code"
+NOT_A_MESSAGE = "respond:text"  # a handler answers a str: the same mistake
+STATUS_SET = "respond:set-code"  # grpc's own way to fail a call, without raising
+STATUS_SET_WITH_MESSAGE = "respond:set-code-and-message"  # grpc discards the message
 
 
 class EchoService(EchoServiceServicer):
@@ -79,10 +81,13 @@ class EchoService(EchoServiceServicer):
             return await self.downstream.echo(pb.EchoRequest(message="relayed"))
         if request.message == NOT_SERIALIZABLE:
             return None  # type: ignore[return-value]
-        if request.message == STATUS_SET:  # grpc's own way to fail a call, without raising
+        if request.message == NOT_A_MESSAGE:
+            return "not a message"  # type: ignore[return-value]
+        if request.message in (STATUS_SET, STATUS_SET_WITH_MESSAGE):
             context.set_code(grpc.StatusCode.NOT_FOUND)
             context.set_details("set by the handler")
-            return None  # type: ignore[return-value]
+            if request.message == STATUS_SET:
+                return None  # type: ignore[return-value]
         return pb.EchoResponse(
             message=request.message, peer=context.peer(), time_remaining_seconds=remaining
         )
