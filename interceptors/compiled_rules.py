@@ -109,6 +109,7 @@ _SAFE_PATTERN = re.compile(
 )
 _UNSAFE_PATTERN = re.compile(r"\(\?(?!:)|[*+?}]\+")
 _FIXED_COUNT = re.compile(r"\{([0-9]+)(?:,\1)?\}")
+_MAX_FIXED_WIDTH = 32
 _UUID = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}", re.ASCII
 )
@@ -153,32 +154,45 @@ def _pattern_search(pattern: str) -> Callable[[str], object]:
 
 def _linear_in_re(pattern: str) -> bool:
     """Whether `re` matches `pattern` in time linear in the input: anchored at the start,
-    no group or alternation, and at most one quantifier whose count varies (it backtracks
-    at most once per character, over a fixed-length rest)."""
+    no group or alternation, at most one quantifier whose count varies, and at most
+    `_MAX_FIXED_WIDTH` characters matched by the rest (the one quantifier backtracks at
+    most once per character, each time over that rest: `^[a-z]*[a-z]{999}$` took 0.67 s
+    on 200 KB)."""
     if not pattern.startswith("^"):
         return False  # search() would try every start: quadratic
-    variable, index, in_class = 0, 0, False
+    variable, width, index, in_class = 0, 0, 1, False
     while index < len(pattern):
         char = pattern[index]
+        fixed = _FIXED_COUNT.match(pattern, index) if char == "{" else None
         if char == "\\":
+            width += 1
             index += 2
             continue
         if in_class:
             in_class = char != "]"
         elif char == "[":
             in_class = True
+            width += 1
             index += 1
             index += pattern.startswith("^", index)
             index += pattern.startswith("]", index)  # a class's first `]` is a literal
             continue
         elif char in "(|":
             return False
-        elif char in "*+?" or (char == "{" and not _FIXED_COUNT.match(pattern, index)):
+        elif fixed is not None:
+            width += int(fixed.group(1)) - 1  # the atom before it, that many times
+            index = fixed.end()
+            continue
+        elif char in "*+?{":
             variable += 1
+            if char == "{":
+                index = pattern.index("}", index)  # `{n,}` or `{n,m}`: _SAFE_PATTERN closed it
             if pattern[index + 1 : index + 2] == "?":
                 index += 1  # a lazy quantifier's `?` is not another quantifier
+        elif char != "$":
+            width += 1
         index += 1
-    return variable <= 1
+    return variable <= 1 and width <= _MAX_FIXED_WIDTH
 
 
 class _Compiler:

@@ -386,6 +386,9 @@ def test_a_pattern_that_backtracks_in_re_is_matched_in_linear_time() -> None:
         ("^a+b*$", False),  # two quantifiers of variable count
         ("^a{2,3}b+$", False),
         ("^a{2,3}b$", True),
+        ("^[a-z]{2,3}-[0-9]{4}$", True),
+        ("^[a-z]*[a-z]{999}$", False),  # each backtrack step re-matches a long rest
+        ("^[a-z]+" + "x" * 40 + "$", False),
         ("^a|b$", False),
     ],
 )
