@@ -13,8 +13,8 @@ Bounded, because a failed call's request is logged and a hostile caller
 chooses it: a string longer than `MAX_TEXT` characters is cut (its length
 kept), a list or map shows its first `MAX_ITEMS` entries (its size kept),
 and a request renders at most `MAX_VALUES` values in all (each field,
-list item and map entry is one). A 4 MB string made a 19 MB log line
-before.
+list item and map entry is one; past that, a container shows one marker and
+stops). A 4 MB string made a 19 MB log line before.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ ALWAYS_HIDDEN = (
 )
 MAX_TEXT = 128
 MAX_ITEMS = 20
-MAX_VALUES = 200  # with MAX_TEXT, about 26 KB of request_details at most
+MAX_VALUES = 100  # each at most a key and a value of MAX_TEXT: about 26 KB in all
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 
 
@@ -63,6 +63,10 @@ class _Budget:
     def spend(self) -> bool:
         self.left -= 1
         return self.left >= 0
+
+    @property
+    def spent(self) -> bool:
+        return self.left <= 0
 
 
 class Redactor:
@@ -98,6 +102,9 @@ class Redactor:
         hidden = self._hidden_fields(message.DESCRIPTOR)
         out: dict[str, Any] = {}
         for field, value in message.ListFields():
+            if budget.spent:
+                out["..."] = "[truncated]"
+                break
             out[field.name] = (
                 REDACTED if field.name in hidden else self._value(field, value, budget)
             )
@@ -107,8 +114,12 @@ class Redactor:
         if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
             return self._map(field.message_type.fields_by_name["value"], value, budget)
         if field.is_repeated:
-            shown = [self._single(field, item, budget) for item in value[:MAX_ITEMS]]
-            if len(value) > MAX_ITEMS:
+            shown = []
+            for item in value[:MAX_ITEMS]:
+                if budget.spent:
+                    break
+                shown.append(self._single(field, item, budget))
+            if len(shown) < len(value):
                 shown.append(f"...[{len(value)} items]")
             return shown
         return self._single(field, value, budget)
@@ -116,7 +127,7 @@ class Redactor:
     def _map(self, entry_value: Any, entries: Any, budget: _Budget) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for index, (key, item) in enumerate(entries.items()):
-            if index == MAX_ITEMS:
+            if index == MAX_ITEMS or budget.spent:
                 out["..."] = f"[{len(entries)} entries]"
                 break
             name = _cut(key) if isinstance(key, str) else key

@@ -102,4 +102,15 @@ def test_a_hostile_request_gives_a_bounded_rendering() -> None:
     assert len(shown["labels"]) == MAX_ITEMS + 1
     assert shown["labels"]["..."] == "[1000 entries]"
     assert shown["children"][0]["blob"] == "<100000 bytes>"
-    assert len(json.dumps(shown)) < 64_000  # the whole line stays small; it was 19 MB
+    assert len(json.dumps(shown)) < 32_000  # the whole line stays small; it was 19 MB
+
+
+def test_nested_maps_with_long_keys_stay_bounded_too() -> None:
+    """Map keys count, and a spent budget stops every container: a nested Struct
+    of long keys rendered 102 KB before."""
+    level: dict[str, Any] = {f"{i}" + "k" * 300: "v" * 200 for i in range(8)}
+    for _ in range(4):  # 8 ** 5 leaves
+        level = {f"{i}" + "k" * 300: level for i in range(8)}
+    config = struct_pb2.Struct()
+    config.update(level)
+    assert len(json.dumps(Redactor().sanitise(config))) < 32_000
