@@ -84,7 +84,8 @@ def test_wheel_contains_and_serves_generated_clients(tmp_path: Path) -> None:
 
 
 def test_a_contract_package_added_later_ships_without_an_edit(tmp_path: Path) -> None:
-    """`make codegen` of a new contract package writes it to gen/; nothing lists packages."""
+    """`make codegen` of a new contract package writes it to gen/, and a new service is a
+    package under services/ (README, Writing a service); nothing lists packages."""
     source = tmp_path / "source"
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
@@ -98,6 +99,11 @@ def test_a_contract_package_added_later_ships_without_an_edit(tmp_path: Path) ->
     for init in (added.parent / "__init__.py", added / "__init__.py"):
         init.write_text("")
     (added / "greeter_pb2.py").write_text("")
+    service = source / "services" / "greeter"
+    service.mkdir()
+    (service / "__init__.py").write_text("")
+    (service / "app.py").write_text("")
     names = set(zipfile.ZipFile(built_wheel(source, tmp_path / "wheels")).namelist())
     assert "greeter/v1/greeter_pb2.py" in names
+    assert "services/greeter/app.py" in names
     assert "ledger/v1/accounts_platform.py" in names
