@@ -60,16 +60,22 @@ class ChannelSettings:
             raise SettingsError(
                 f"CLIENT_LOAD_BALANCING must be round_robin or pick_first, got {balancing!r}"
             )
+        keepalive = {
+            name: read.seconds(name, str(default))
+            for name, default in (
+                ("CLIENT_KEEPALIVE_TIME_SECONDS", defaults.keepalive_time_s),
+                ("CLIENT_KEEPALIVE_TIMEOUT_SECONDS", defaults.keepalive_timeout_s),
+            )
+        }
+        for name, seconds in keepalive.items():
+            if seconds < 0.001:  # grpc takes milliseconds: 0 would ping without pause
+                raise SettingsError(f"{name} must be at least 0.001 seconds, got {seconds:g}")
         return cls(
             max_message_bytes=read.integer(
                 "CLIENT_MAX_MESSAGE_BYTES", str(defaults.max_message_bytes), minimum=1024
             ),
-            keepalive_time_s=read.seconds(
-                "CLIENT_KEEPALIVE_TIME_SECONDS", str(defaults.keepalive_time_s)
-            ),
-            keepalive_timeout_s=read.seconds(
-                "CLIENT_KEEPALIVE_TIMEOUT_SECONDS", str(defaults.keepalive_timeout_s)
-            ),
+            keepalive_time_s=keepalive["CLIENT_KEEPALIVE_TIME_SECONDS"],
+            keepalive_timeout_s=keepalive["CLIENT_KEEPALIVE_TIMEOUT_SECONDS"],
             load_balancing=balancing,
             tls_root_ca=Path(ca) if ca else None,
             tls_cert=Path(cert) if cert else None,

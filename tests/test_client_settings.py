@@ -135,3 +135,6 @@ def test_channel_settings_from_the_environment(tmp_path: Path) -> None:
         ChannelSettings.from_env(EnvReader({"CLIENT_TLS_ROOT_CA": str(tmp_path / "none.pem")}))
     with pytest.raises(SettingsError, match=r"^CLIENT_LOAD_BALANCING"):
         ChannelSettings.from_env(EnvReader({"CLIENT_LOAD_BALANCING": "random"}))
+    for keepalive in ("CLIENT_KEEPALIVE_TIME_SECONDS", "CLIENT_KEEPALIVE_TIMEOUT_SECONDS"):
+        with pytest.raises(SettingsError, match=rf"^{keepalive} must be at least 0.001 seconds"):
+            ChannelSettings.from_env(EnvReader({keepalive: "0"}))  # grpc: pings without pause
