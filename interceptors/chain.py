@@ -74,7 +74,9 @@ _STREAMING_OUT = (Arity.UNARY_STREAM, Arity.STREAM_STREAM)
 
 def _status_set(call: ServerCall) -> bool:
     """Whether the handler set a failing status itself (context.set_code, grpc's way to
-    fail a call without raising): grpc sends it and no message; the call counts under it."""
+    fail a call without raising): grpc sends it and no message; the call counts under it.
+    Call sites first check `context.code()` for None (nothing set, nearly every call),
+    so the common path costs that one C call and no Python one."""
     code = call.context.code()
     if code is None or code is _OK:
         return False
@@ -347,7 +349,7 @@ class ServerChain:
             try:
                 enter(call)
                 response = await behavior(request, context)
-                if _status_set(call):
+                if context.code() is not None and _status_set(call):
                     return None
                 encoded = serialize(response)  # None or a non-message: INTERNAL, via fail
                 call.sent = 1
@@ -371,7 +373,7 @@ class ServerChain:
             try:
                 enter(call)
                 response = await behavior(inbound(call, chain, requests), context)
-                if _status_set(call):
+                if context.code() is not None and _status_set(call):
                     return None
                 encoded = serialize(response)
                 call.sent = 1
@@ -410,7 +412,8 @@ class ServerChain:
                     argument = prepare(call, request)
                     enter(call)
                     await behavior(argument, context)
-                    _status_set(call)
+                    if context.code() is not None:
+                        _status_set(call)
                 except BaseException as error:
                     await fail(call, error)
                 finally:
@@ -429,7 +432,8 @@ class ServerChain:
                     encoded = serialize(response)
                     call.sent += 1
                     yield encoded
-                _status_set(call)
+                if context.code() is not None:
+                    _status_set(call)
             except BaseException as error:
                 await fail(call, error)
             finally:
