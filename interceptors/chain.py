@@ -16,10 +16,14 @@ metadata (server.dispatch); per call its handler:
    that does not serialize fails here, mapped like any other error; a status
    the handler set itself (`context.set_code`) is answered and counted;
 3. maps any exception to a rich status in one place (`ErrorMapper`,
-   `encoded_status`) and aborts with it, keeping the correlation id in the
-   trailers; if mapping fails too, the caller gets the generic INTERNAL;
-   caller cancellation is recorded as CANCELLED and re-raised;
-4. runs `MethodChain.leave`: the ends, in reverse order.
+   `encoded_status`), keeping the correlation id in the trailers; if mapping
+   fails too, the caller gets the generic INTERNAL; caller cancellation is
+   recorded as CANCELLED and re-raised;
+4. runs `MethodChain.leave`: the ends, in reverse order; then aborts with the
+   mapped status. A failed call is handled, and counted, once its status is
+   handed to grpc, as a successful one is: a stream's status waits in grpc's
+   core behind the messages a client has not read yet, and a client that
+   stopped reading must not hold the call's place in the layers.
 
 Why fixed call sites rather than a loop over layer objects: under load,
 grpc's own code evicts the caches between two calls, so a call's cost is
@@ -31,9 +35,9 @@ Performance). Application layers keep the loop: they are open-ended.
 
 Handlers are wrapped rather than put behind `grpc.aio.ServerInterceptor`:
 an aio interceptor costs an extra coroutine per call and sees neither the
-request nor the status (grpc/grpc#26229). Server-streaming handlers keep
-their form: an async generator stays one, a handler using `context.write`
-stays a coroutine (grpc/grpc#28728).
+request nor the status (grpc/grpc#26229). A server-streaming handler may be
+an async generator or a coroutine using `context.write` (grpc/grpc#28728):
+the chain drives both (interceptors.streams).
 """
 
 from __future__ import annotations
@@ -42,10 +46,10 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 from google.protobuf.message import Message
@@ -64,12 +68,13 @@ from interceptors.errors import (
 from interceptors.inbound import inbound_var
 from interceptors.policy import Arity, MethodPolicy
 from interceptors.retry import PUSHBACK_KEY
+from interceptors.streams import Serializer, StreamContext, counted_requests, write_responses
 from interceptors.validation import RequestValidator, lenient, message_class_of
 
 _log = logging.getLogger(__name__)
 _OK = grpc.StatusCode.OK
-Serializer = Callable[[Any], bytes]
-_STREAMING_OUT = (Arity.UNARY_STREAM, Arity.STREAM_STREAM)
+# What a failed call is aborted with: code, message, trailing metadata.
+Failure = tuple[grpc.StatusCode, str, tuple[tuple[str, str | bytes], ...]]
 
 
 def _status_set(call: ServerCall) -> bool:
@@ -255,36 +260,36 @@ class ServerChain:
         )
         serialize = handler.response_serializer or _as_is
 
-        def serializers(behavior: Any) -> dict[str, Any]:
-            # The chain serializes what it returns or yields, so a response that does not
-            # serialize is an error it maps like any other (grpc would answer UNKNOWN with
-            # the exception's text, after the chain had counted the call OK); a handler
-            # using context.write has grpc serialize each message, inside the handler.
-            writes = policy.arity in _STREAMING_OUT and not inspect.isasyncgenfunction(behavior)
-            return {
-                "request_deserializer": lenient(deserializer) if deserializer else None,
-                "response_serializer": handler.response_serializer if writes else None,
-            }
+        # The chain serializes all it answers, returned, yielded or written (interceptors.
+        # streams), so a response that does not serialize is an error it maps like any
+        # other: grpc would answer UNKNOWN with the exception's text, after the chain had
+        # counted the call OK. grpc is given bytes, and no serializer.
+        codecs: dict[str, Any] = {
+            "request_deserializer": lenient(deserializer) if deserializer else None,
+            "response_serializer": None,
+        }
 
         if policy.arity is Arity.UNARY_UNARY:
             behavior = self._unary_unary(handler.unary_unary, policy, chain, serialize)
-            template = grpc.unary_unary_rpc_method_handler(behavior, **serializers(behavior))
+            template = grpc.unary_unary_rpc_method_handler(behavior, **codecs)
             return ChainedMethod(template, "unary_unary", behavior)
         if policy.arity is Arity.UNARY_STREAM:
             behavior = self._streaming(handler.unary_stream, policy, chain, False, serialize)
-            template = grpc.unary_stream_rpc_method_handler(behavior, **serializers(behavior))
+            template = grpc.unary_stream_rpc_method_handler(behavior, **codecs)
             return ChainedMethod(template, "unary_stream", behavior)
         if policy.arity is Arity.STREAM_UNARY:
             behavior = self._stream_unary(handler.stream_unary, policy, chain, serialize)
-            template = grpc.stream_unary_rpc_method_handler(behavior, **serializers(behavior))
+            template = grpc.stream_unary_rpc_method_handler(behavior, **codecs)
             return ChainedMethod(template, "stream_unary", behavior)
         behavior = self._streaming(handler.stream_stream, policy, chain, True, serialize)
-        template = grpc.stream_stream_rpc_method_handler(behavior, **serializers(behavior))
+        template = grpc.stream_stream_rpc_method_handler(behavior, **codecs)
         return ChainedMethod(template, "stream_stream", behavior)
 
     # -- per-call plumbing ---------------------------------------------------------------
 
-    async def _fail(self, call: ServerCall, error: BaseException) -> NoReturn:
+    def _failure(self, call: ServerCall, error: BaseException) -> Failure:
+        """Records how the call failed and returns the status to abort it with; re-raises a
+        cancellation by the caller, and the handler's own abort (its status is set)."""
         if isinstance(error, asyncio.CancelledError) and call.deadline_expired:
             task = asyncio.current_task()
             if task is not None:
@@ -316,29 +321,14 @@ class ServerChain:
         if platform.retry_after is not None:
             # gRFC A6's hint, for clients that retry natively and ignore RetryInfo.
             trailers += ((PUSHBACK_KEY, str(round(platform.retry_after * 1000))),)
-        await call.context.abort(platform.code, platform.message, trailers)
-        raise AssertionError("abort returned")  # pragma: no cover - abort always raises
-
-    @staticmethod
-    def _inbound(
-        call: ServerCall, chain: MethodChain, requests: AsyncIterator[Any]
-    ) -> AsyncIterator[Any]:
-        validate = chain.validate
-
-        async def counted() -> AsyncIterator[Any]:
-            async for message in requests:
-                call.received += 1
-                validate(message)
-                yield message
-
-        return counted()
+        return platform.code, platform.message, trailers
 
     # -- arities ---------------------------------------------------------------------------
 
     def _unary_unary(
         self, behavior: Any, policy: MethodPolicy, chain: MethodChain, serialize: Serializer
     ) -> Any:
-        fail, enter, leave = self._fail, chain.enter, chain.leave
+        fail, enter, leave = self._failure, chain.enter, chain.leave
 
         async def handler(
             metadata: Metadata, request: Any, context: grpc.aio.ServicerContext[Any, Any]
@@ -355,16 +345,17 @@ class ServerChain:
                 call.sent = 1
                 return encoded
             except BaseException as error:
-                await fail(call, error)
+                failure = fail(call, error)
             finally:
                 leave(call)
+            await context.abort(*failure)
 
         return handler
 
     def _stream_unary(
         self, behavior: Any, policy: MethodPolicy, chain: MethodChain, serialize: Serializer
     ) -> Any:
-        fail, enter, leave, inbound = self._fail, chain.enter, chain.leave, self._inbound
+        fail, enter, leave, validate = self._failure, chain.enter, chain.leave, chain.validate
 
         async def handler(
             metadata: Metadata, requests: Any, context: grpc.aio.ServicerContext[Any, Any]
@@ -372,16 +363,20 @@ class ServerChain:
             call = ServerCall(policy, context, metadata)
             try:
                 enter(call)
-                response = await behavior(inbound(call, chain, requests), context)
+                response = await behavior(
+                    counted_requests(call, requests, validate),
+                    StreamContext(call, serialize, validate),  # it may read with context.read()
+                )
                 if context.code() is not None and _status_set(call):
                     return None
                 encoded = serialize(response)
                 call.sent = 1
                 return encoded
             except BaseException as error:
-                await fail(call, error)
+                failure = fail(call, error)
             finally:
                 leave(call)
+            await context.abort(*failure)
 
         return handler
 
@@ -393,50 +388,33 @@ class ServerChain:
         streaming_in: bool,
         serialize: Serializer,
     ) -> Any:
-        fail, enter, leave, inbound = self._fail, chain.enter, chain.leave, self._inbound
+        fail, enter, leave, validate = self._failure, chain.enter, chain.leave, chain.validate
+        generates = inspect.isasyncgenfunction(behavior)
+        own_context = not streaming_in and generates  # the reader/writer API is of no use to it
 
-        def prepare(call: ServerCall, request: Any) -> Any:
-            if streaming_in:
-                return inbound(call, chain, request)
-            call.request = request
-            call.received = 1
-            return request
-
-        if not inspect.isasyncgenfunction(behavior):
-            # A handler using context.write: stay a coroutine.
-            async def writer(
-                metadata: Metadata, request: Any, context: grpc.aio.ServicerContext[Any, Any]
-            ) -> None:
-                call = ServerCall(policy, context, metadata)
-                try:
-                    argument = prepare(call, request)
-                    enter(call)
-                    await behavior(argument, context)
-                    if context.code() is not None:
-                        _status_set(call)
-                except BaseException as error:
-                    await fail(call, error)
-                finally:
-                    leave(call)
-
-            return writer
-
-        async def generator(
+        async def handler(
             metadata: Metadata, request: Any, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
+        ) -> None:
             call = ServerCall(policy, context, metadata)
             try:
-                argument = prepare(call, request)
+                if streaming_in:
+                    argument = counted_requests(call, request, validate)
+                else:
+                    argument = call.request = request
+                    call.received = 1
                 enter(call)
-                async for response in behavior(argument, context):
-                    encoded = serialize(response)
-                    call.sent += 1
-                    yield encoded
+                handed = context if own_context else StreamContext(call, serialize, validate)
+                if generates:
+                    await write_responses(call, behavior(argument, handed), serialize)
+                else:
+                    await behavior(argument, handed)
                 if context.code() is not None:
                     _status_set(call)
+                return
             except BaseException as error:
-                await fail(call, error)
+                failure = fail(call, error)
             finally:
                 leave(call)
+            await context.abort(*failure)
 
-        return generator
+        return handler

@@ -242,6 +242,15 @@ async def test_a_handler_writing_its_stream_is_served_and_its_errors_mapped(
         await read_all()
     assert received == [0]
     assert_generic_internal(caught.value)
+    samples = await asyncio.to_thread(scrape, runtime.admin.port)
+    sent = value(
+        samples,
+        "grpc_server_msg_sent_total",
+        grpc_type="server_stream",
+        grpc_service="grpcplatform.testing.v1.EchoService",
+        grpc_method="Expand",
+    )
+    assert sent == 3  # what was written: two, then one before the message that did not serialize
 
 
 async def test_errors_in_a_stream_are_mapped_too(client: EchoServiceClient) -> None:
