@@ -55,6 +55,8 @@ class Reader(Protocol):
 
     def seconds(self, name: str, default: str | None = None) -> float: ...
 
+    def number(self, name: str, default: str | None = None) -> float: ...
+
     def ratio(self, name: str, default: str | None = None) -> float: ...
 
     def boolean(self, name: str, default: str | None = None) -> bool: ...
@@ -131,8 +133,8 @@ def _knobs(
         max_wait=read.seconds(name("BULKHEAD_MAX_WAIT_SECONDS"), str(bulkhead.max_wait)),
     )
     rate = resilience.rate
-    per_second = read.seconds(name("RATE_LIMIT_RPS"), str(rate.per_second if rate else 0))
-    burst = read.seconds(name("RATE_LIMIT_BURST"), str(rate.burst if rate else 0))
+    per_second = read.number(name("RATE_LIMIT_RPS"), str(rate.per_second if rate else 0))
+    burst = read.number(name("RATE_LIMIT_BURST"), str(rate.burst if rate else 0))
     if per_second > 0 and (burst or per_second) < 1:
         raise SettingsError(f"{name('RATE_LIMIT_BURST')} must be at least 1, got {burst:g}")
     resilience = Resilience(

@@ -277,15 +277,20 @@ class EnvReader:
         return self.integer(name, default, minimum=0, maximum=65535)
 
     def seconds(self, name: str, default: str | None = None) -> float:
+        return self._non_negative(name, default, "a number of seconds")
+
+    def number(self, name: str, default: str | None = None) -> float:
+        """A rate or a size (calls per second, a bucket's calls), not a time."""
+        return self._non_negative(name, default, "a number")
+
+    def _non_negative(self, name: str, default: str | None, kind: str) -> float:
         raw = self._raw(name, default)
         try:
             value = float(raw)
         except ValueError:
-            raise ConfigError(f"{name} must be a number of seconds >= 0, got {raw!r}") from None
+            value = math.nan
         if not 0 <= value <= MAX_SECONDS:  # also refuses nan; inf is above it
-            raise ConfigError(
-                f"{name} must be a number of seconds from 0 to {MAX_SECONDS}, got {raw!r}"
-            )
+            raise ConfigError(f"{name} must be {kind} from 0 to {MAX_SECONDS}, got {raw!r}")
         return value
 
     def ratio(self, name: str, default: str | None = None) -> float:
@@ -478,8 +483,8 @@ class ServerConfig:
             tracing_sample_ratio=read.ratio("TRACING_SAMPLE_RATIO"),
             rate_limit=_rate(
                 "RATE_LIMIT_RPS",
-                read.seconds("RATE_LIMIT_RPS"),
-                read.seconds("RATE_LIMIT_BURST"),
+                read.number("RATE_LIMIT_RPS"),
+                read.number("RATE_LIMIT_BURST"),
             ),
             rate_limit_overrides=_rate_overrides(read.names("RATE_LIMIT_OVERRIDES")),
             shed_enabled=read.boolean("SHED_ENABLED"),

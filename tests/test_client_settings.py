@@ -74,6 +74,10 @@ def test_method_overrides() -> None:
             {"CLIENT_ACCOUNTS_BREAKER_FAILURE_RATE": "2"},
             "^CLIENT_ACCOUNTS_BREAKER_FAILURE_RATE must be a number from 0 to 1",
         ),
+        (
+            {"CLIENT_ACCOUNTS_RATE_LIMIT_RPS": "fast"},
+            "^CLIENT_ACCOUNTS_RATE_LIMIT_RPS must be a number from 0 to [0-9]+, got 'fast'$",
+        ),
         ({"CLIENT_METHOD_OVERRIDES": "Echo:deadline=1"}, "^CLIENT_METHOD_OVERRIDES entries"),
         ({"CLIENT_METHOD_OVERRIDES": "a.B/C:deadline=-1"}, "^CLIENT_METHOD_OVERRIDES entries"),
     ],

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from server.application import default_error_domain, load_factory
-from server.config import SETTINGS, ConfigError, EnvReader, ServerConfig
+from server.config import MAX_SECONDS, SETTINGS, ConfigError, EnvReader, ServerConfig
 from tests.support.net import PYTHON, ROOT, free_port, port_open, service_env
 
 
@@ -52,6 +52,8 @@ def test_defaults_parse() -> None:
         ("RATE_LIMIT_OVERRIDES", "a.B/C=inf"),
         ("RATE_LIMIT_OVERRIDES", "a.B/C=nan"),  # every call INTERNAL
         ("RATE_LIMIT_OVERRIDES", "a.B/C=1e400"),
+        ("RATE_LIMIT_RPS", "fast"),
+        ("RATE_LIMIT_BURST", "-5"),
     ],
 )
 def test_bad_value_names_the_variable(name: str, value: str) -> None:
@@ -59,6 +61,14 @@ def test_bad_value_names_the_variable(name: str, value: str) -> None:
         ServerConfig.from_env({"SERVICE": "accounts", name: value})
     assert "\n" not in str(caught.value)
     assert repr(value) in str(caught.value) or f"'{float(value):g}'" in str(caught.value)
+
+
+def test_rates_are_read_as_numbers_not_times() -> None:
+    with pytest.raises(ConfigError) as caught:
+        ServerConfig.from_env({"SERVICE": "accounts", "RATE_LIMIT_RPS": "fast"})
+    assert str(caught.value) == (
+        f"RATE_LIMIT_RPS must be a number from 0 to {MAX_SECONDS}, got 'fast'"
+    )
 
 
 def test_rate_limit_overrides_parse() -> None:
