@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from google.api import annotations_pb2  # noqa: F401  # registers google.api.http on MethodOptions
+from google.protobuf import descriptor_pool
 
+from grpcplatform.testing.v1 import echo_pb2
+from ledger.v1 import accounts_pb2
+from server.reflection import SERVICE_NAME, ServedPool
+from tests.conftest import StartRuntime
+from tests.support import echo
 from tests.support.moto import Moto
 from tests.support.net import BIN, ServiceProcess, running_service
 
@@ -93,3 +101,37 @@ def test_health_check_through_grpcurl(accounts: ServiceProcess) -> None:
         accounts, "grpc.health.v1.Health/Check", data='{"service": "ledger.v1.Accounts"}'
     )
     assert json.loads(named) == {"status": "SERVING"}
+
+
+async def test_reflection_shows_only_what_the_server_serves(start_runtime: StartRuntime) -> None:
+    runtime = await start_runtime(echo.build)
+    target = f"127.0.0.1:{runtime.grpc_port}"
+
+    def describe(symbol: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [GRPCURL, "-plaintext", target, "describe", symbol],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    served = await asyncio.to_thread(describe, "grpcplatform.testing.v1.EchoService.Echo")
+    assert served.returncode == 0, served.stderr
+    assert "rpc Echo" in served.stdout
+    # This process imported Accounts' contract, as a service calling Accounts does; this
+    # server does not serve it, so reflection does not show it.
+    hidden = await asyncio.to_thread(describe, "ledger.v1.Accounts")
+    assert hidden.returncode != 0
+    assert "not found" in hidden.stderr.lower()
+
+
+def test_reflection_lists_extensions_of_the_served_files_only() -> None:
+    pool = ServedPool(["grpcplatform.testing.v1.EchoService", SERVICE_NAME])
+    options = descriptor_pool.Default().FindMessageTypeByName("google.protobuf.MethodOptions")
+    everywhere = {e.full_name for e in descriptor_pool.Default().FindAllExtensions(options)}
+    assert "google.api.http" in everywhere  # imported here (googleapis), served by nobody
+    served = {e.full_name for e in pool.FindAllExtensions(options)}
+    assert served == {"grpcplatform.v1.method_policy"}
+    with pytest.raises(KeyError):
+        pool.FindFileByName(accounts_pb2.DESCRIPTOR.name)
+    assert pool.FindFileByName(echo_pb2.DESCRIPTOR.name).name == echo_pb2.DESCRIPTOR.name
