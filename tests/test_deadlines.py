@@ -173,7 +173,10 @@ async def test_a_client_that_never_reads_is_let_go_with_its_connection(
     async with grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc_port}") as channel:
         call = stalled_chat(channel)
         await asyncio.to_thread(poll, lambda: chat_deadlines_counted(runtime), 15, "the deadline")
-        await asyncio.sleep(3)  # past the connection's age and grace: grpc closed it
+        closed_at = time.monotonic() + 15
+        while not call.done():  # the connection's age and grace passed: grpc closed it
+            assert time.monotonic() < closed_at, "the connection was not closed"
+            await asyncio.sleep(0.05)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             async for _ in call:
                 pass
