@@ -390,7 +390,6 @@ class ServerChain:
     ) -> Any:
         fail, enter, leave, validate = self._failure, chain.enter, chain.leave, chain.validate
         generates = inspect.isasyncgenfunction(behavior)
-        own_context = not streaming_in and generates  # the reader/writer API is of no use to it
 
         async def handler(
             metadata: Metadata, request: Any, context: grpc.aio.ServicerContext[Any, Any]
@@ -403,11 +402,11 @@ class ServerChain:
                     argument = call.request = request
                     call.received = 1
                 enter(call)
-                handed = context if own_context else StreamContext(call, serialize, validate)
+                stream_context = StreamContext(call, serialize, validate)
                 if generates:
-                    await write_responses(call, behavior(argument, handed), serialize)
+                    await write_responses(behavior(argument, stream_context), stream_context)
                 else:
-                    await behavior(argument, handed)
+                    await behavior(argument, stream_context)
                 if context.code() is not None:
                     _status_set(call)
                 return

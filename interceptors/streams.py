@@ -1,14 +1,13 @@
 """Streaming calls as the chain serves them: each message counted, each request validated.
 
-- `counted_requests`: the request iterator a stream-in handler is given;
-  each message is counted and validated before the handler sees it.
-- `StreamContext`: the context a handler is given when it may use grpc.aio's
-  reader/writer API (every stream-in handler, and a server-streaming handler
-  that is a coroutine): `read()` counts and validates like the iterator,
-  `write()` serializes in the chain and counts; the rest is grpc's context.
+- `StreamContext`: the context every streaming handler is given. `read()`
+  counts and validates each message, `write()` serializes it in the chain
+  and counts it; the rest is grpc's context.
+- `counted_requests`: the request iterator a stream-in handler is given,
+  counting and validating like `read()`.
 - `write_responses`: drives a handler that is an async generator: each
-  response serialized, written and counted, and the generator closed in the
-  call's own task whatever ends the call.
+  response written through the `StreamContext`, and the generator closed in
+  the call's own task whatever ends the call.
 
 Why the chain writes a generator's responses rather than handing grpc the
 generator, as grpc.aio's docs show: grpc iterates it in grpc's own code, so a
@@ -16,9 +15,18 @@ cancellation there (the deadline watch, while a write waits on a client that
 stopped reading) never reaches the chain, and the caller got no status at
 all instead of DEADLINE_EXCEEDED; and grpc never closes the generator, whose
 `finally` then runs at garbage collection, outside the call (grpc/grpc#42295).
-It costs what grpc's loop costs: that loop awaits `context.write` per message
-too. The chain serializes what is written, so grpc is given no response
-serializer for any method (`ServerChain.wrap`).
+grpc's loop awaits `context.write` per message too, so that costs nothing.
+
+Why the first write sends the initial metadata on its own, one small batch
+more per stream that writes: grpc.aio marks them sent only when a write
+completes. A first write cancelled while it waits on the client would leave
+them unmarked, though they went to grpc's core with the message; the chain's
+abort would send them again, which core refuses, and the caller would get no
+status at all.
+
+A message counts as sent once it is handed to grpc, as a unary response does:
+one the client has not read when the call ends still reaches it if it reads
+on, before the status.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from typing import Any
 
 from grpc.aio import EOF  # type: ignore[attr-defined]  # missing from grpc-stubs 1.53
 
-from interceptors.call import ServerCall
+from interceptors.call import Metadata, ServerCall
 
 Serializer = Callable[[Any], bytes]
 Validate = Callable[[Any], None]
@@ -46,28 +54,17 @@ def counted_requests(
     return counted()
 
 
-async def write_responses(
-    call: ServerCall, responses: AsyncGenerator[Any, None], serialize: Serializer
-) -> None:
-    write = call.context.write
-    try:
-        async for response in responses:
-            await write(serialize(response))  # not serializable: raises, mapped by the chain
-            call.sent += 1
-    finally:
-        await responses.aclose()
-
-
 class StreamContext:
-    """grpc's context, with the chain in the way of `read()` and `write()`."""
+    """grpc's context, with the chain in the way of reads, writes and initial metadata."""
 
-    __slots__ = ("_call", "_context", "_serialize", "_validate")
+    __slots__ = ("_call", "_context", "_headers_sent", "_serialize", "_validate")
 
     def __init__(self, call: ServerCall, serialize: Serializer, validate: Validate) -> None:
         self._call = call
         self._context = call.context
         self._serialize = serialize
         self._validate = validate
+        self._headers_sent = False
 
     async def read(self) -> Any:
         message = await self._context.read()
@@ -76,9 +73,25 @@ class StreamContext:
             self._validate(message)
         return message
 
+    async def send_initial_metadata(self, metadata: Metadata) -> None:
+        await self._context.send_initial_metadata(metadata)
+        self._headers_sent = True
+
     async def write(self, message: Any) -> None:
-        await self._context.write(self._serialize(message))
+        encoded = self._serialize(message)  # not serializable: raises, mapped by the chain
+        if not self._headers_sent:
+            await self._context.send_initial_metadata(())
+            self._headers_sent = True
         self._call.sent += 1
+        await self._context.write(encoded)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
+
+
+async def write_responses(responses: AsyncGenerator[Any, None], context: StreamContext) -> None:
+    try:
+        async for response in responses:
+            await context.write(response)
+    finally:
+        await responses.aclose()

@@ -7,7 +7,6 @@ import contextvars
 import gc
 import time
 import weakref
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -16,21 +15,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from clients.channel import ChannelFactory
-from clients.errors import error_info
 from grpcplatform.testing.v1 import echo_pb2 as pb
 from grpcplatform.testing.v1.echo_platform import ECHO_SERVICE_METHODS, EchoServiceClient
 from interceptors.call import ServerCall
-from interceptors.correlation import HEADER as CORRELATION
-from interceptors.correlation import current_correlation_id
 from interceptors.deadline import DeadlineLayer, DeadlineWatch, remaining_budget
 from interceptors.errors import DeadlineExceeded
 from interceptors.inbound import inbound_var
-from server.application import Application, RuntimeContext
 from server.runtime import Runtime
 from tests.conftest import StartRuntime
 from tests.support import echo
-from tests.support.net import poll
-from tests.test_metrics import scrape, value
 
 
 async def relay_pair(start_runtime: StartRuntime, **upstream: str) -> tuple[Runtime, Runtime]:
@@ -86,102 +79,6 @@ async def test_local_deadline_is_enforced(start_runtime: StartRuntime) -> None:
         elapsed = time.monotonic() - started
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert 0.25 < elapsed < 1.5
-
-
-class StallingChat(echo.EchoService):
-    """Chat answering each message with a large one; records where its generator was closed."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.closed_in: list[str | None] = []  # the correlation id current when it was closed
-
-    async def chat(
-        self, request_iterator: AsyncIterator[pb.ChatRequest], context: echo.Context
-    ) -> AsyncIterator[pb.ChatResponse]:
-        try:
-            async for request in request_iterator:
-                yield pb.ChatResponse(message=request.message)
-        finally:
-            self.closed_in.append(current_correlation_id())
-
-
-def stalled_chat(channel: grpc.aio.Channel) -> Any:
-    """A Chat whose client sends far more than its window holds of answers, reading none."""
-    chat = channel.stream_stream(
-        ECHO_SERVICE_METHODS["Chat"].full_method,
-        request_serializer=pb.ChatRequest.SerializeToString,
-        response_deserializer=pb.ChatResponse.FromString,
-    )
-
-    async def requests() -> AsyncIterator[pb.ChatRequest]:
-        for _ in range(100_000):
-            yield pb.ChatRequest(message="x" * 4000)
-
-    return chat(requests(), timeout=60)
-
-
-def chat_deadlines_counted(runtime: Runtime) -> float:
-    return value(
-        scrape(runtime.admin.port),
-        "grpc_server_handled_total",
-        grpc_type="bidi_stream",
-        grpc_service="grpcplatform.testing.v1.EchoService",
-        grpc_method="Chat",
-        grpc_code="DeadlineExceeded",
-    )
-
-
-async def test_a_stream_stuck_on_a_client_that_stopped_reading_gets_deadline_exceeded(
-    start_runtime: StartRuntime,
-) -> None:
-    servicer = StallingChat()
-
-    async def build(context: RuntimeContext) -> Application:
-        return Application(servicers=[servicer])
-
-    runtime = await start_runtime(build, MAX_DEADLINE_SECONDS="0.5")
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc_port}") as channel:
-        started = time.monotonic()
-        call = stalled_chat(channel)
-        # The handler waits to write, and the server's own 0.5 s deadline ends the call;
-        # it is counted then, not when the client reads its status.
-        counted = await asyncio.to_thread(poll, lambda: chat_deadlines_counted(runtime), 15, "it")
-        assert counted == 1
-        assert len(servicer.closed_in) == 1  # the generator was closed, not left to the GC
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            async for _ in call:
-                pass  # the status waited behind the answers written before the deadline
-        elapsed = time.monotonic() - started
-    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    info = error_info(caught.value)
-    assert info is not None
-    assert info.reason == "DEADLINE_EXCEEDED"
-    assert elapsed < 30  # the server's deadline ended it, not the caller's 60 s
-    trailers: Any = caught.value.trailing_metadata()
-    assert servicer.closed_in == [dict(trailers)[CORRELATION]]  # closed in the call, its context
-
-
-async def test_a_client_that_never_reads_is_let_go_with_its_connection(
-    start_runtime: StartRuntime,
-) -> None:
-    runtime = await start_runtime(
-        echo.build,
-        MAX_DEADLINE_SECONDS="0.5",
-        GRPC_MAX_CONNECTION_AGE_SECONDS="1",
-        GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS="1",
-    )
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc_port}") as channel:
-        call = stalled_chat(channel)
-        await asyncio.to_thread(poll, lambda: chat_deadlines_counted(runtime), 15, "the deadline")
-        closed_at = time.monotonic() + 15
-        while not call.done():  # the connection's age and grace passed: grpc closed it
-            assert time.monotonic() < closed_at, "the connection was not closed"
-            await asyncio.sleep(0.05)
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            async for _ in call:
-                pass
-    # What the server wrote and could not send went with the connection, the status too.
-    assert caught.value.code() == grpc.StatusCode.INTERNAL  # grpc's "Internal error from Core"
 
 
 class _Context:

@@ -123,6 +123,19 @@ async def test_reflection_shows_only_what_the_server_serves(start_runtime: Start
     hidden = await asyncio.to_thread(describe, "ledger.v1.Accounts")
     assert hidden.returncode != 0
     assert "not found" in hidden.stderr.lower()
+    # A failure's details stay readable: grpcurl resolves their types through reflection.
+    method = "grpcplatform.testing.v1.EchoService/Echo"
+    failed = await asyncio.to_thread(
+        subprocess.run,
+        [GRPCURL, "-plaintext", "-d", '{"message": "fail:precondition"}', target, method],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "Code: FailedPrecondition" in failed.stderr
+    assert '"@type":"type.googleapis.com/google.rpc.PreconditionFailure"' in failed.stderr
+    assert '"reason":"WRONG_STATE"' in failed.stderr
+    assert "not recognized" not in failed.stderr
 
 
 def test_reflection_lists_extensions_of_the_served_files_only() -> None:

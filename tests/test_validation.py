@@ -3,7 +3,6 @@ and never becomes INTERNAL or UNKNOWN."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +12,6 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
-from grpc.aio import EOF  # type: ignore[attr-defined]  # missing from grpc-stubs 1.53
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -28,13 +26,11 @@ from interceptors.validation import MAX_VIOLATIONS, RequestValidator
 from ledger.v1 import accounts_pb2, money_pb2, transfers_pb2
 from ledger.v1.accounts_platform import ACCOUNTS_METHODS
 from ledger.v1.transfers_platform import TRANSFERS_METHODS
-from server.application import Application, RuntimeContext
 from tests.conftest import StartRuntime
 from tests.support import echo
 from tests.support.messages import message_strategy
 from tests.support.moto import Moto
 from tests.support.net import ServiceProcess, running_service
-from tests.test_metrics import scrape, value
 
 ACCEPTABLE = {
     grpc.StatusCode.OK,
@@ -187,53 +183,6 @@ async def test_invalid_message_in_a_client_stream_is_rejected(
         async for _ in client.expand(pb.ExpandRequest(message="m", count=5000)):
             pass
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-
-
-class ReadingEcho(echo.EchoService):
-    """Collect written with `context.read()`, grpc.aio's other form of a client stream."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[str] = []
-
-    async def collect(self, request_iterator: Any, context: Any) -> pb.CollectResponse:
-        while (request := await context.read()) is not EOF:
-            self.seen.append(request.message)
-        return pb.CollectResponse(joined=" ".join(self.seen), count=len(self.seen))
-
-
-async def test_messages_read_with_context_read_are_validated_and_counted(
-    start_runtime: StartRuntime, channels: ChannelFactory
-) -> None:
-    servicer = ReadingEcho()
-
-    async def build(context: RuntimeContext) -> Application:
-        return Application(servicers=[servicer])
-
-    runtime = await start_runtime(build)
-    client = EchoServiceClient(channels.connect(f"127.0.0.1:{runtime.grpc_port}"))
-
-    async def messages(*texts: str) -> Any:
-        for text in texts:
-            yield pb.CollectRequest(message=text)
-
-    reply = await client.collect(messages("a", "b"))
-    assert (reply.joined, reply.count) == ("a b", 2)
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await client.collect(messages("c", "x" * 5000))  # max_len 4096
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    (bad,) = [d for d in details_of(caught.value) if isinstance(d, error_details_pb2.BadRequest)]
-    assert [v.field for v in bad.field_violations] == ["message"]
-    assert servicer.seen == ["a", "b", "c"]  # the handler never saw the invalid message
-    samples = await asyncio.to_thread(scrape, runtime.admin.port)
-    received = value(
-        samples,
-        "grpc_server_msg_received_total",
-        grpc_type="client_stream",
-        grpc_service="grpcplatform.testing.v1.EchoService",
-        grpc_method="Collect",
-    )
-    assert received == 4
 
 
 def _list_rules_type() -> Any:
