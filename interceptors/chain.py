@@ -68,7 +68,13 @@ from interceptors.errors import (
 from interceptors.inbound import inbound_var
 from interceptors.policy import Arity, MethodPolicy
 from interceptors.retry import PUSHBACK_KEY
-from interceptors.streams import Serializer, StreamContext, counted_requests, write_responses
+from interceptors.streams import (
+    CallEnded,
+    Serializer,
+    StreamContext,
+    counted_requests,
+    write_responses,
+)
 from interceptors.validation import RequestValidator, lenient, message_class_of
 
 _log = logging.getLogger(__name__)
@@ -288,8 +294,9 @@ class ServerChain:
     # -- per-call plumbing ---------------------------------------------------------------
 
     def _failure(self, call: ServerCall, error: BaseException) -> Failure:
-        """Records how the call failed and returns the status to abort it with; re-raises a
-        cancellation by the caller, and the handler's own abort (its status is set)."""
+        """Records how the call failed and returns the status to abort it with; raises for a
+        call that ended at grpc's level (cancelled, or a write to it failed there), and
+        re-raises the handler's own abort (its status is set)."""
         if isinstance(error, asyncio.CancelledError) and call.deadline_expired:
             task = asyncio.current_task()
             if task is not None:
@@ -302,6 +309,12 @@ class ServerChain:
             # The handler aborted by itself: the status is already set.
             call.code = call.context.code() or grpc.StatusCode.UNKNOWN
             raise error
+        if isinstance(error, CallEnded):
+            # No status can reach the caller; not a server error. grpc takes a cancellation
+            # quietly (it would log the write's failure as an error).
+            late = call.context.time_remaining() == 0
+            call.code = grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED
+            raise asyncio.CancelledError from error
         correlation_id = call.correlation_id or "unknown"
         try:
             platform = self.errors.to_platform_error(error, correlation_id)

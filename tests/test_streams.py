@@ -153,21 +153,27 @@ class FirstWriteTooBig(echo.EchoService):
         await context.write(pb.ExpandResponse(index=1))
 
 
+def narrow_window_channel(runtime: Runtime) -> grpc.aio.Channel:
+    """Without BDP probing the client's window stays at 64 KB while it reads nothing."""
+    options = [("grpc.http2.bdp_probe", 0)]
+    return grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc_port}", options=options)
+
+
+def expand_of(channel: grpc.aio.Channel) -> Any:
+    return channel.unary_stream(
+        ECHO_SERVICE_METHODS["Expand"].full_method,
+        request_serializer=pb.ExpandRequest.SerializeToString,
+        response_deserializer=pb.ExpandResponse.FromString,
+    )
+
+
 @pytest.mark.parametrize("servicer_class", [FirstAnswerTooBig, FirstWriteTooBig])
 async def test_a_first_write_stuck_on_the_client_still_ends_with_a_status(
     start_runtime: StartRuntime, servicer_class: type[echo.EchoService]
 ) -> None:
     runtime = await start_runtime(serving(servicer_class()), MAX_DEADLINE_SECONDS="0.5")
-    # Without BDP probing the client's window stays at 64 KB while it reads nothing.
-    options = [("grpc.http2.bdp_probe", 0)]
-    target = f"127.0.0.1:{runtime.grpc_port}"
-    async with grpc.aio.insecure_channel(target, options=options) as channel:
-        expand = channel.unary_stream(
-            ECHO_SERVICE_METHODS["Expand"].full_method,
-            request_serializer=pb.ExpandRequest.SerializeToString,
-            response_deserializer=pb.ExpandResponse.FromString,
-        )
-        call = expand(pb.ExpandRequest(message="m", count=1), timeout=60)
+    async with narrow_window_channel(runtime) as channel:
+        call = expand_of(channel)(pb.ExpandRequest(message="m", count=1), timeout=60)
         await counted_once(runtime, "Expand", "server_stream", "DeadlineExceeded")
         started = time.monotonic()
         received: list[int] = []
@@ -193,6 +199,26 @@ async def test_a_first_write_stuck_on_the_client_still_ends_with_a_status(
         grpc_method="Expand",
     )
     assert sent == 1
+
+
+@pytest.mark.parametrize("servicer_class", [FirstAnswerTooBig, FirstWriteTooBig])
+async def test_a_write_cut_short_by_the_callers_deadline_is_not_a_server_error(
+    start_runtime: StartRuntime,
+    servicer_class: type[echo.EchoService],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    runtime = await start_runtime(serving(servicer_class()))
+    async with narrow_window_channel(runtime) as channel:
+        # The caller's own deadline, within the server's maximum: grpc's core enforces it,
+        # and the write waiting on the window fails there.
+        call = expand_of(channel)(pb.ExpandRequest(message="m", count=1), timeout=0.5)
+        assert await call.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await counted_once(runtime, "Expand", "server_stream", "DeadlineExceeded")
+    assert await asyncio.to_thread(handled, runtime, "Expand", "server_stream", "Internal") == 0
+    grpc_errors = [r for r in caplog.records if r.name.startswith("grpc._cython")]
+    assert grpc_errors == []
+    (line,) = [r for r in caplog.records if r.name == "grpc.access"]
+    assert getattr(line, "stack_trace", None) is None
 
 
 class ReadingEcho(echo.EchoService):
