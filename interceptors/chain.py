@@ -13,12 +13,14 @@ metadata (server.dispatch); per call its handler:
 2. awaits the handler (within the local deadline, if the deadline layer set
    one), counting messages and validating each inbound stream message, and
    serializes what it answers (grpc is given the bytes), so that a response
-   that does not serialize fails here, mapped like any other error; a status
+   that does not serialize, or is over `GRPC_MAX_SEND_MESSAGE_BYTES`, fails
+   here, mapped like any other error; a status
    the handler set itself (`context.set_code`) is answered and counted;
 3. maps any exception to a rich status in one place (`ErrorMapper`,
    `encoded_status`), keeping the correlation id in the trailers; if mapping
-   fails too, the caller gets the generic INTERNAL; caller cancellation is
-   recorded as CANCELLED and re-raised;
+   fails too, the caller gets the generic INTERNAL; a call grpc ended (the
+   caller cancelled, or its own deadline passed) is recorded as CANCELLED or
+   DEADLINE_EXCEEDED and ends without a status, which could not reach it;
 4. runs `MethodChain.leave`: the ends, in reverse order; then aborts with the
    mapped status. A failed call is handled, and counted, once its status is
    handed to grpc, as a successful one is: a stream's status waits in grpc's
@@ -69,7 +71,7 @@ from interceptors.inbound import inbound_var
 from interceptors.policy import Arity, MethodPolicy
 from interceptors.retry import PUSHBACK_KEY
 from interceptors.streams import (
-    CallEnded,
+    CallerDeadlinePassed,
     Serializer,
     StreamContext,
     counted_requests,
@@ -99,6 +101,24 @@ def _as_is(response: Any) -> bytes:
     """For a method grpc was given no serializer for: its handler answers bytes."""
     encoded: bytes = response
     return encoded
+
+
+class ResponseTooLarge(Exception):
+    """A response over `GRPC_MAX_SEND_MESSAGE_BYTES`: the service's error (INTERNAL). grpc
+    would refuse to send it after the chain had counted the call OK, and answer the
+    caller RESOURCE_EXHAUSTED, as if retrying later could help."""
+
+
+def _bounded(serialize: Serializer, limit: int) -> Serializer:
+    def encode(response: Any) -> bytes:
+        encoded = serialize(response)
+        if len(encoded) > limit:
+            raise ResponseTooLarge(
+                f"a response of {len(encoded)} bytes is over GRPC_MAX_SEND_MESSAGE_BYTES ({limit})"
+            )
+        return encoded
+
+    return encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,11 +271,13 @@ class ServerChain:
         validator: RequestValidator,
         errors: ErrorMapper,
         error_domain: str,
+        max_response_bytes: int,
     ) -> None:
         self.steps_for = steps_for
         self.validator = validator
         self.errors = errors
         self.error_domain = error_domain
+        self.max_response_bytes = max_response_bytes
 
     def wrap(self, handler: grpc.RpcMethodHandler[Any, Any], policy: MethodPolicy) -> ChainedMethod:
         deserializer = handler.request_deserializer
@@ -264,12 +286,13 @@ class ServerChain:
             self.validator,
             message_class_of(deserializer) if deserializer else None,
         )
-        serialize = handler.response_serializer or _as_is
+        serialize = _bounded(handler.response_serializer or _as_is, self.max_response_bytes)
 
         # The chain serializes all it answers, returned, yielded or written (interceptors.
-        # streams), so a response that does not serialize is an error it maps like any
-        # other: grpc would answer UNKNOWN with the exception's text, after the chain had
-        # counted the call OK. grpc is given bytes, and no serializer.
+        # streams), so a response that does not serialize, or is too large to send, is an
+        # error it maps like any other: grpc would answer UNKNOWN with the exception's text
+        # (RESOURCE_EXHAUSTED for a large one), after the chain had counted the call OK.
+        # grpc is given bytes, and no serializer.
         codecs: dict[str, Any] = {
             "request_deserializer": lenient(deserializer) if deserializer else None,
             "response_serializer": None,
@@ -295,25 +318,26 @@ class ServerChain:
 
     def _failure(self, call: ServerCall, error: BaseException) -> Failure:
         """Records how the call failed and returns the status to abort it with; raises for a
-        call that ended at grpc's level (cancelled, or a write to it failed there), and
-        re-raises the handler's own abort (its status is set)."""
+        call grpc ended (cancelled by the caller, or its deadline passed), and re-raises the
+        handler's own abort (its status is set)."""
         if isinstance(error, asyncio.CancelledError) and call.deadline_expired:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()  # our own cancellation (DeadlineWatch): answer the caller
             error = DeadlineExceeded("deadline exceeded")
         elif isinstance(error, (asyncio.CancelledError, GeneratorExit)):
-            call.code = grpc.StatusCode.CANCELLED
+            # grpc cancels the handler when the caller cancels, and at the caller's deadline.
+            passed = call.context.time_remaining() == 0
+            call.code = grpc.StatusCode.DEADLINE_EXCEEDED if passed else grpc.StatusCode.CANCELLED
             raise error
         if isinstance(error, grpc.aio.AbortError):
             # The handler aborted by itself: the status is already set.
             call.code = call.context.code() or grpc.StatusCode.UNKNOWN
             raise error
-        if isinstance(error, CallEnded):
-            # No status can reach the caller; not a server error. grpc takes a cancellation
-            # quietly (it would log the write's failure as an error).
-            late = call.context.time_remaining() == 0
-            call.code = grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED
+        if isinstance(error, CallerDeadlinePassed):
+            # grpc's core ended the call, so no status can reach the caller. Ended as a
+            # cancellation, which grpc takes quietly (it logs a failed write as an error).
+            call.code = grpc.StatusCode.DEADLINE_EXCEEDED
             raise asyncio.CancelledError from error
         correlation_id = call.correlation_id or "unknown"
         try:
@@ -408,6 +432,7 @@ class ServerChain:
             metadata: Metadata, request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> None:
             call = ServerCall(policy, context, metadata)
+            stream_context = StreamContext(call, serialize, validate)
             try:
                 if streaming_in:
                     argument = counted_requests(call, request, validate)
@@ -415,7 +440,6 @@ class ServerChain:
                     argument = call.request = request
                     call.received = 1
                 enter(call)
-                stream_context = StreamContext(call, serialize, validate)
                 if generates:
                     await write_responses(behavior(argument, stream_context), stream_context)
                 else:
@@ -427,6 +451,8 @@ class ServerChain:
                 failure = fail(call, error)
             finally:
                 leave(call)
+            if not await stream_context.settle():
+                raise asyncio.CancelledError  # its first write failed: the call is over in grpc
             await context.abort(*failure)
 
         return handler

@@ -17,41 +17,48 @@ all instead of DEADLINE_EXCEEDED; and grpc never closes the generator, whose
 `finally` then runs at garbage collection, outside the call (grpc/grpc#42295).
 grpc's loop awaits `context.write` per message too, so that costs nothing.
 
-Why the first write sends the initial metadata on its own when the chain's
-deadline watch holds the call: grpc.aio marks them sent only when a write
-completes. A first write the watch cancels while it waits on the client
-would leave them unmarked, though they went to grpc's core with the
-message; the chain's abort would send them again, which core refuses, and
-the caller would get no status at all. That batch costs a stream of one
-message about 7% more (callgrind, one call at a time: 432k instructions
-against 405k), so it is sent only then: a caller's own deadline is enforced
-by grpc's core, which ends the stream with its status itself.
+Why the first write is shielded, and the chain waits for it before it
+aborts (`StreamContext.settle`): it carries the initial metadata, which
+grpc.aio marks sent only once the write completes. Cancelled while it waits
+on a client that stopped reading (the deadline watch, or a handler's own
+timeout), it would leave them unmarked though they went to grpc's core, and
+the abort would send them again, which core refuses: the caller got no
+status at all. The shield costs a one-message stream about 10%, paid once
+per stream (callgrind, one call at a time: 448k instructions against 405k).
+Sending the initial metadata in a batch of their own first cost 7% and had
+the same hole while that batch was in flight; shielding only the first
+writes a slow reader could hold up (those over a new stream's 64 KiB
+window) would leave it for the others.
+
+Sizes: the chain refuses a response over `GRPC_MAX_SEND_MESSAGE_BYTES`
+before grpc sees it (interceptors.chain), as the service's error.
 
 A message counts as sent once it is handed to grpc, as a unary response does:
 one the client has not read when the call ends still reaches it if it reads
-on, before the status. A write that fails because grpc's core ended the call
-(the caller's own deadline, enforced there, or its cancellation) raises
-`CallEnded`: the chain counts the call DEADLINE_EXCEEDED or CANCELLED, not
-as a server error, and sends nothing more.
+on, before the status. A write that fails because the caller's own deadline
+passed (grpc's core enforces it and ends the call) raises
+`CallerDeadlinePassed`: the chain counts the call DEADLINE_EXCEEDED and
+sends nothing more. Any other failed write is the server's error, mapped and
+logged as such.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import grpc
 from grpc.aio import EOF  # type: ignore[attr-defined]  # missing from grpc-stubs 1.53
 
-from interceptors.call import Metadata, ServerCall
+from interceptors.call import ServerCall
 
 Serializer = Callable[[Any], bytes]
 Validate = Callable[[Any], None]
 
 
-class CallEnded(Exception):
-    """A write failed because grpc's core had ended the call: the caller's deadline passed
-    (grpc enforces the caller's own), it cancelled, or its connection went."""
+class CallerDeadlinePassed(Exception):
+    """A write failed because the caller's own deadline passed: grpc's core ended the call."""
 
 
 def counted_requests(
@@ -67,16 +74,16 @@ def counted_requests(
 
 
 class StreamContext:
-    """grpc's context, with the chain in the way of reads, writes and initial metadata."""
+    """grpc's context, with the chain in the way of reads and writes."""
 
-    __slots__ = ("_call", "_context", "_headers_sent", "_serialize", "_validate")
+    __slots__ = ("_call", "_context", "_first_write", "_serialize", "_validate")
 
     def __init__(self, call: ServerCall, serialize: Serializer, validate: Validate) -> None:
         self._call = call
         self._context = call.context
         self._serialize = serialize
         self._validate = validate
-        self._headers_sent = False
+        self._first_write: asyncio.Future[None] | None = None
 
     async def read(self) -> Any:
         message = await self._context.read()
@@ -85,20 +92,31 @@ class StreamContext:
             self._validate(message)
         return message
 
-    async def send_initial_metadata(self, metadata: Metadata) -> None:
-        await self._context.send_initial_metadata(metadata)
-        self._headers_sent = True
-
     async def write(self, message: Any) -> None:
         encoded = self._serialize(message)  # not serializable: raises, mapped by the chain
-        if not self._headers_sent and self._call.watch_index >= 0:
-            await self._context.send_initial_metadata(())
-        self._headers_sent = True  # by the write below, if not before it
         self._call.sent += 1
         try:
-            await self._context.write(encoded)
-        except grpc.aio.InternalError as error:  # grpc's ExecuteBatchError
-            raise CallEnded("the call ended in grpc while a message was written") from error
+            if self._first_write is None:
+                self._first_write = asyncio.ensure_future(self._context.write(encoded))
+                await asyncio.shield(self._first_write)
+            else:
+                await self._context.write(encoded)
+        except grpc.aio.InternalError as error:  # a batch grpc's core failed or refused
+            if self._context.time_remaining() == 0:
+                raise CallerDeadlinePassed("the caller's deadline passed") from error
+            raise
+
+    async def settle(self) -> bool:
+        """Waits for a first write still in flight; False when it failed: the call is over
+        in grpc, and no status can be sent."""
+        first = self._first_write
+        if first is None:
+            return True
+        try:
+            await first
+        except Exception:
+            return False
+        return True
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)

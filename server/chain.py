@@ -109,4 +109,6 @@ def build_server_chain(
             application=application_layers,
         )
 
-    return ServerChain(steps_for, RequestValidator(), errors, error_domain)
+    return ServerChain(
+        steps_for, RequestValidator(), errors, error_domain, config.max_send_message_bytes
+    )

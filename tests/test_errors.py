@@ -36,6 +36,7 @@ from tests.support import echo
 from tests.support.moto import Moto
 from tests.support.net import BIN, ServiceProcess, running_service
 from tests.test_metrics import scrape, value
+from tests.test_streams import replies_and_failure
 
 
 async def failing_call(client: EchoServiceClient, kind: str) -> grpc.aio.AioRpcError:
@@ -232,16 +233,11 @@ async def test_a_handler_writing_its_stream_is_served_and_its_errors_mapped(
     replies = [reply.index async for reply in client.expand(pb.ExpandRequest(message="x", count=1))]
     assert replies == [0, 1]
 
-    received: list[int] = []
-
-    async def read_all() -> None:
-        async for reply in client.expand(pb.ExpandRequest(message=echo.NOT_SERIALIZABLE, count=1)):
-            received.append(reply.index)
-
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await read_all()
-    assert received == [0]
-    assert_generic_internal(caught.value)
+    answers, failure = await replies_and_failure(
+        client.expand(pb.ExpandRequest(message=echo.NOT_SERIALIZABLE, count=1))
+    )
+    assert [answer.index for answer in answers] == [0]
+    assert_generic_internal(failure)
     samples = await asyncio.to_thread(scrape, runtime.admin.port)
     sent = value(
         samples,
@@ -251,6 +247,58 @@ async def test_a_handler_writing_its_stream_is_served_and_its_errors_mapped(
         grpc_method="Expand",
     )
     assert sent == 3  # what was written: two, then one before the message that did not serialize
+
+
+class LargeEcho(echo.EchoService):
+    """Answers larger than a small GRPC_MAX_SEND_MESSAGE_BYTES, unary and streamed."""
+
+    async def echo(self, request: pb.EchoRequest, context: Any) -> pb.EchoResponse:
+        return pb.EchoResponse(message="x" * 200_000)
+
+    async def expand(
+        self, request: pb.ExpandRequest, context: Any
+    ) -> AsyncIterator[pb.ExpandResponse]:
+        yield pb.ExpandResponse(index=0)
+        yield pb.ExpandResponse(message="x" * 200_000)
+
+
+async def build_large(context: RuntimeContext) -> Application:
+    return Application(servicers=[LargeEcho()])
+
+
+async def test_a_response_too_large_to_send_is_the_services_error(
+    start_runtime: StartRuntime,
+    single_attempt_channels: ChannelFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    runtime = await start_runtime(build_large, GRPC_MAX_SEND_MESSAGE_BYTES="100000")
+    client = EchoServiceClient(single_attempt_channels.connect(f"127.0.0.1:{runtime.grpc_port}"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.echo(pb.EchoRequest(message="m"))
+    assert_generic_internal(caught.value)  # grpc alone answered RESOURCE_EXHAUSTED
+    replies, failure = await replies_and_failure(
+        client.expand(pb.ExpandRequest(message="m", count=1))
+    )
+    assert [reply.index for reply in replies] == [0]
+    assert_generic_internal(failure)
+    samples = await asyncio.to_thread(scrape, runtime.admin.port)
+    service = "grpcplatform.testing.v1.EchoService"
+    for method, kind in (("Echo", "unary"), ("Expand", "server_stream")):
+        counts = {
+            code: value(
+                samples,
+                "grpc_server_handled_total",
+                grpc_type=kind,
+                grpc_service=service,
+                grpc_method=method,
+                grpc_code=code,
+            )
+            for code in ("OK", "Internal")
+        }
+        assert counts == {"OK": 0, "Internal": 1}  # not counted OK, then refused by grpc
+    lines = [r for r in caplog.records if r.name == "grpc.access"]
+    assert all("over GRPC_MAX_SEND_MESSAGE_BYTES" in getattr(r, "stack_trace", "") for r in lines)
+    assert len(lines) == 2
 
 
 async def test_errors_in_a_stream_are_mapped_too(client: EchoServiceClient) -> None:
