@@ -36,7 +36,7 @@ from tests.support import echo
 from tests.support.moto import Moto
 from tests.support.net import BIN, ServiceProcess, running_service
 from tests.test_metrics import scrape, value
-from tests.test_streams import replies_and_failure
+from tests.test_streams import handled, replies_and_failure, series
 
 
 async def failing_call(client: EchoServiceClient, kind: str) -> grpc.aio.AioRpcError:
@@ -238,13 +238,8 @@ async def test_a_handler_writing_its_stream_is_served_and_its_errors_mapped(
     )
     assert [answer.index for answer in answers] == [0]
     assert_generic_internal(failure)
-    samples = await asyncio.to_thread(scrape, runtime.admin.port)
-    sent = value(
-        samples,
-        "grpc_server_msg_sent_total",
-        grpc_type="server_stream",
-        grpc_service="grpcplatform.testing.v1.EchoService",
-        grpc_method="Expand",
+    sent = await asyncio.to_thread(
+        series, runtime, "grpc_server_msg_sent_total", "Expand", "server_stream"
     )
     assert sent == 3  # what was written: two, then one before the message that did not serialize
 
@@ -281,18 +276,9 @@ async def test_a_response_too_large_to_send_is_the_services_error(
     )
     assert [reply.index for reply in replies] == [0]
     assert_generic_internal(failure)
-    samples = await asyncio.to_thread(scrape, runtime.admin.port)
-    service = "grpcplatform.testing.v1.EchoService"
     for method, kind in (("Echo", "unary"), ("Expand", "server_stream")):
         counts = {
-            code: value(
-                samples,
-                "grpc_server_handled_total",
-                grpc_type=kind,
-                grpc_service=service,
-                grpc_method=method,
-                grpc_code=code,
-            )
+            code: await asyncio.to_thread(handled, runtime, method, kind, code)
             for code in ("OK", "Internal")
         }
         assert counts == {"OK": 0, "Internal": 1}  # not counted OK, then refused by grpc

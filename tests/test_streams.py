@@ -25,20 +25,26 @@ from server.runtime import Runtime
 from tests.conftest import StartRuntime
 from tests.support import echo
 from tests.support.net import poll
+from tests.test_deadlines import raw_echo
 from tests.test_metrics import scrape, value
 
 SERVICE = "grpcplatform.testing.v1.EchoService"
 
 
-def handled(runtime: Runtime, method: str, kind: str, code: str) -> float:
+def series(runtime: Runtime, name: str, method: str, kind: str, **labels: str) -> float:
+    """One of the server's metric series for an EchoService method, scraped now."""
     return value(
         scrape(runtime.admin.port),
-        "grpc_server_handled_total",
+        name,
         grpc_type=kind,
         grpc_service=SERVICE,
         grpc_method=method,
-        grpc_code=code,
+        **labels,
     )
+
+
+def handled(runtime: Runtime, method: str, kind: str, code: str) -> float:
+    return series(runtime, "grpc_server_handled_total", method, kind, grpc_code=code)
 
 
 async def counted_once(runtime: Runtime, method: str, kind: str, code: str) -> None:
@@ -205,12 +211,8 @@ async def test_a_first_write_stuck_on_the_client_still_ends_with_a_status(
     assert info is not None  # the server's status, not the client's own deadline
     assert info.reason == "DEADLINE_EXCEEDED"
     assert elapsed < 30
-    sent = value(
-        await asyncio.to_thread(scrape, runtime.admin.port),
-        "grpc_server_msg_sent_total",
-        grpc_type="server_stream",
-        grpc_service=SERVICE,
-        grpc_method="Expand",
+    sent = await asyncio.to_thread(
+        series, runtime, "grpc_server_msg_sent_total", "Expand", "server_stream"
     )
     assert sent == 1
 
@@ -262,13 +264,8 @@ async def test_a_call_past_the_callers_deadline_counts_deadline_exceeded(
 ) -> None:
     runtime = await start_runtime(echo.build)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc_port}") as channel:
-        echo_call = channel.unary_unary(
-            ECHO_SERVICE_METHODS["Echo"].full_method,
-            request_serializer=pb.EchoRequest.SerializeToString,
-            response_deserializer=pb.EchoResponse.FromString,
-        )
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await echo_call(pb.EchoRequest(message="slow", delay_ms=3000), timeout=0.3)
+            await raw_echo(channel)(pb.EchoRequest(message="slow", delay_ms=3000), timeout=0.3)
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         # grpc cancelled the handler at the caller's deadline: counted as what it was.
         await counted_once(runtime, "Echo", "unary", "DeadlineExceeded")
@@ -311,12 +308,7 @@ async def test_messages_read_with_context_read_are_validated_and_counted(
     (bad,) = [d for d in details_of(caught.value) if isinstance(d, error_details_pb2.BadRequest)]
     assert [v.field for v in bad.field_violations] == ["message"]
     assert servicer.seen == ["a", "b", "c"]  # the handler never saw the invalid message
-    samples = await asyncio.to_thread(scrape, runtime.admin.port)
-    received = value(
-        samples,
-        "grpc_server_msg_received_total",
-        grpc_type="client_stream",
-        grpc_service="grpcplatform.testing.v1.EchoService",
-        grpc_method="Collect",
+    received = await asyncio.to_thread(
+        series, runtime, "grpc_server_msg_received_total", "Collect", "client_stream"
     )
     assert received == 4
