@@ -50,8 +50,11 @@ async def test_the_process_serves_on_the_configured_loop(
 
 
 async def test_event_loop_cpu_counts_the_loop_threads_busy_time(tmp_path: Path) -> None:
-    """Idle, the counter barely moves; while a handler holds the loop, it follows the wall
-    clock, and never outruns it (one thread's time, not the process's)."""
+    """Idle, the counter barely moves; while a handler burns the loop thread's CPU, it counts
+    that time, and never outruns the wall clock (one thread's time, not the process's).
+
+    The handler burns CPU time rather than wall time: on this shared host a thread
+    spinning for 1 s of wall time has been given as little as 0.58 s of CPU."""
     loop_cpu = "platform_server_event_loop_cpu_seconds_total"
     with running_service("tests.support.echo:build", tmp_path) as service:
         channels = ChannelFactory()
@@ -62,13 +65,13 @@ async def test_event_loop_cpu_counts_the_loop_threads_busy_time(tmp_path: Path) 
         busy_from = value(await asyncio.to_thread(scrape, service.admin_port), loop_cpu)
         started = time.monotonic()
         for _ in range(10):
-            await client.echo(pb.EchoRequest(message="busy:100"))  # 100 ms on the loop
+            await client.echo(pb.EchoRequest(message="cpu:100"))  # 100 ms of the loop's CPU
         busy_to = value(await asyncio.to_thread(scrape, service.admin_port), loop_cpu)
         elapsed = time.monotonic() - started
         await channels.close()
     assert idle_from > 0
     assert busy_from - idle_from < 0.25
-    assert 0.6 < busy_to - busy_from <= elapsed + 0.05
+    assert 1.0 <= busy_to - busy_from <= elapsed + 0.05
 
 
 async def test_ctrl_c_drains_like_sigterm_on_uvloop(tmp_path: Path) -> None:

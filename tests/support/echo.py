@@ -3,7 +3,9 @@
 Run in-process through `build`, or as a process with
 `SERVICE=tests.support.echo:build python -m server`. `fail:<kind>` makes
 Echo (and Chat) raise the fault of FAULTS; `busy:<ms>` makes Echo hold the
-CPU (and so the event loop) for that long, as a CPU-bound handler does;
+CPU (and so the event loop) for that long by the wall clock, as a CPU-bound
+handler does, and `cpu:<ms>` until the loop's thread has used that much CPU
+time (on a shared host the two differ by the time the thread waited its turn);
 `relay` makes Echo call the service at `ECHO_DOWNSTREAM` and return its answer.
 Notify only counts, a handler of microseconds.
 """
@@ -58,6 +60,7 @@ NOT_SERIALIZABLE = "respond:none"  # a handler answers None: a service's mistake
 NOT_A_MESSAGE = "respond:text"  # a handler answers a str: the same mistake
 STATUS_SET = "respond:set-code"  # grpc's own way to fail a call, without raising
 STATUS_SET_WITH_MESSAGE = "respond:set-code-and-message"  # grpc discards the message
+HOLDS = {"busy:": time.perf_counter, "cpu:": time.thread_time}
 
 
 class EchoService(EchoServiceServicer):
@@ -71,10 +74,11 @@ class EchoService(EchoServiceServicer):
         remaining = context.time_remaining() or 0.0
         if request.message.startswith("fail:"):
             raise FAULTS[request.message.removeprefix("fail:")]
-        if request.message.startswith("busy:"):
-            until = time.perf_counter() + int(request.message.removeprefix("busy:")) / 1000
-            while time.perf_counter() < until:
-                pass
+        for prefix, clock in HOLDS.items():
+            if request.message.startswith(prefix):
+                until = clock() + int(request.message.removeprefix(prefix)) / 1000
+                while clock() < until:
+                    pass
         if request.delay_ms:
             await asyncio.sleep(request.delay_ms / 1000)
         if request.message == "relay" and self.downstream is not None:
