@@ -139,7 +139,9 @@ async def test_a_client_that_never_reads_is_let_go_with_its_connection(
         GRPC_MAX_CONNECTION_AGE_SECONDS="1",
         GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS="1",
     )
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc_port}") as channel:
+    # The narrow window makes sure the answers fill it before the deadline: with BDP
+    # probing, a window grown past what a slow host wrote in 0.5 s let the status through.
+    async with narrow_window_channel(runtime) as channel:
         call = stalled_chat(channel)
         await counted_once(runtime, "Chat", "bidi_stream", "DeadlineExceeded")
         closed_at = time.monotonic() + 15
