@@ -13,8 +13,8 @@ metadata (server.dispatch); per call its handler:
 2. awaits the handler (within the local deadline, if the deadline layer set
    one), counting messages and validating each inbound stream message, and
    serializes what it answers (grpc is given the bytes), so that a response
-   that does not serialize, or is over `GRPC_MAX_SEND_MESSAGE_BYTES`, fails
-   here, mapped like any other error; a status
+   that does not serialize, is not the method's response message, or is over
+   `GRPC_MAX_SEND_MESSAGE_BYTES`, fails here, mapped like any other error; a status
    the handler set itself (`context.set_code`) is answered and counted;
 3. maps any exception to a rich status in one place (`ErrorMapper`,
    `encoded_status`), keeping the correlation id in the trailers; if mapping
@@ -54,6 +54,7 @@ from functools import partial
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import Message
 
 from interceptors.access_log import AccessLog
@@ -109,8 +110,29 @@ class ResponseTooLarge(Exception):
     caller RESOURCE_EXHAUSTED, as if retrying later could help."""
 
 
-def _bounded(serialize: Serializer, limit: int) -> Serializer:
+class WrongResponseType(Exception):
+    """A handler answered something other than its method's response message: the
+    service's error (INTERNAL). Every generated message class shares one
+    `SerializeToString`, so another message would go out, and the caller would parse
+    its bytes as the method's type, silently, wherever the field numbers agree."""
+
+
+def response_class_of(policy: MethodPolicy) -> type[Message] | None:
+    """The method's response class, from its contract in the default descriptor pool
+    (where generated code registers it); None for a method not described there."""
+    try:
+        method = descriptor_pool.Default().FindMethodByName(f"{policy.service}.{policy.method}")
+    except KeyError:
+        return None
+    return message_factory.GetMessageClass(method.output_type)
+
+
+def _encoder(serialize: Serializer, response_class: type[Message] | None, limit: int) -> Serializer:
     def encode(response: Any) -> bytes:
+        if response_class is not None and type(response) is not response_class:
+            raise WrongResponseType(
+                f"the handler answered {type(response).__name__}, not {response_class.__name__}"
+            )
         encoded = serialize(response)
         if len(encoded) > limit:
             raise ResponseTooLarge(
@@ -286,12 +308,18 @@ class ServerChain:
             self.validator,
             message_class_of(deserializer) if deserializer else None,
         )
-        serialize = _bounded(handler.response_serializer or _as_is, self.max_response_bytes)
+        serializer = handler.response_serializer
+        serialize = _encoder(
+            serializer or _as_is,
+            response_class_of(policy) if serializer else None,
+            self.max_response_bytes,
+        )
 
         # The chain serializes all it answers, returned, yielded or written (interceptors.
-        # streams), so a response that does not serialize, or is too large to send, is an
-        # error it maps like any other: grpc would answer UNKNOWN with the exception's text
-        # (RESOURCE_EXHAUSTED for a large one), after the chain had counted the call OK.
+        # streams), so a response that does not serialize, is of another type than the
+        # method's, or is too large to send, is an error it maps like any other: grpc would
+        # answer UNKNOWN with the exception's text (RESOURCE_EXHAUSTED for a large one; the
+        # wrong type, it would send), after the chain had counted the call OK.
         # grpc is given bytes, and no serializer.
         codecs: dict[str, Any] = {
             "request_deserializer": lenient(deserializer) if deserializer else None,

@@ -261,16 +261,58 @@ async def build_large(context: RuntimeContext) -> Application:
     return Application(servicers=[LargeEcho()])
 
 
-async def test_a_response_too_large_to_send_is_the_services_error(
+class WrongTypeEcho(echo.EchoService):
+    """Answers with other methods' messages of the same wire shape as its own: protobuf
+    serializes them, and the caller would parse them as its own, silently."""
+
+    async def echo(self, request: pb.EchoRequest, context: Any) -> pb.EchoResponse:
+        return pb.ChatResponse(message=request.message)  # type: ignore[return-value]
+
+    async def expand(
+        self, request: pb.ExpandRequest, context: Any
+    ) -> AsyncIterator[pb.ExpandResponse]:
+        yield pb.ExpandResponse(index=0)
+        yield pb.CollectResponse(joined="x", count=1)  # type: ignore[misc]
+
+
+async def build_wrong_type(context: RuntimeContext) -> Application:
+    return Application(servicers=[WrongTypeEcho()])
+
+
+@pytest.mark.parametrize(
+    ("build", "env", "logged"),
+    [
+        (
+            build_large,
+            {"GRPC_MAX_SEND_MESSAGE_BYTES": "100000"},
+            ("over GRPC_MAX_SEND_MESSAGE_BYTES", "over GRPC_MAX_SEND_MESSAGE_BYTES"),
+        ),
+        (
+            build_wrong_type,
+            {},
+            (
+                "answered ChatResponse, not EchoResponse",
+                "answered CollectResponse, not ExpandResponse",
+            ),
+        ),
+    ],
+    ids=["too-large", "wrong-type"],
+)
+async def test_a_response_grpc_would_mishandle_is_the_services_error(
     start_runtime: StartRuntime,
     single_attempt_channels: ChannelFactory,
     caplog: pytest.LogCaptureFixture,
+    build: Any,
+    env: dict[str, str],
+    logged: tuple[str, str],
 ) -> None:
-    runtime = await start_runtime(build_large, GRPC_MAX_SEND_MESSAGE_BYTES="100000")
+    """Too large: grpc alone refused it after the call was counted OK, and answered
+    RESOURCE_EXHAUSTED. Another message type: grpc sent it, counted OK too."""
+    runtime = await start_runtime(build, **env)
     client = EchoServiceClient(single_attempt_channels.connect(f"127.0.0.1:{runtime.grpc_port}"))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await client.echo(pb.EchoRequest(message="m"))
-    assert_generic_internal(caught.value)  # grpc alone answered RESOURCE_EXHAUSTED
+    assert_generic_internal(caught.value)
     replies, failure = await replies_and_failure(
         client.expand(pb.ExpandRequest(message="m", count=1))
     )
@@ -281,10 +323,10 @@ async def test_a_response_too_large_to_send_is_the_services_error(
             code: await asyncio.to_thread(handled, runtime, method, kind, code)
             for code in ("OK", "Internal")
         }
-        assert counts == {"OK": 0, "Internal": 1}  # not counted OK, then refused by grpc
-    lines = [r for r in caplog.records if r.name == "grpc.access"]
-    assert all("over GRPC_MAX_SEND_MESSAGE_BYTES" in getattr(r, "stack_trace", "") for r in lines)
-    assert len(lines) == 2
+        assert counts == {"OK": 0, "Internal": 1}
+    traces = [getattr(r, "stack_trace", "") for r in caplog.records if r.name == "grpc.access"]
+    assert len(traces) == 2
+    assert all(fragment in trace for fragment, trace in zip(logged, traces, strict=True))
 
 
 async def test_errors_in_a_stream_are_mapped_too(client: EchoServiceClient) -> None:
