@@ -15,6 +15,15 @@ protection turned away (`errors.LoadRejected`: rate limit, shedding; counted
 in metrics, and the queue-delay gate logs when shedding starts and stops);
 `none` silences the access log. A JSON line per call costs about as much as
 a small handler.
+
+Slow calls (go-zero's `slowcall` line, anchor): a unary call that took
+`LOG_SLOW_CALLS_SECONDS` or longer is marked `slow: true`, and logged even
+when it succeeded, at WARNING, with its sanitised request: the calls that
+make p99 are the ones to look at, and `errors` mode would keep none of them.
+The threshold defaults to what PLATFORM.md's breaker counts as a slow call
+(1 s). Streams are never slow: they last as long as their callers use them.
+The chain compares each call's duration with `logged_after(policy)`, so a
+fast call costs one comparison, as before.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from __future__ import annotations
 import contextvars
 import enum
 import logging
+import math
 import traceback
 from typing import Any
 
@@ -30,6 +40,7 @@ import grpc
 from interceptors.call import ServerCall
 from interceptors.codes import SERVER_ERRORS
 from interceptors.errors import LoadRejected, PlatformError
+from interceptors.policy import Arity, MethodPolicy
 from interceptors.redaction import Redactor
 from interceptors.validation import Undecodable
 
@@ -45,22 +56,35 @@ class CallLogging(enum.Enum):
 
 class AccessLog:
     """Written by the chain when a call ends: always for failures, for successes
-    only when `logs_successes` (the chain skips the call otherwise)."""
+    only when they took `logged_after(policy)` or longer (the chain skips the call
+    otherwise). `slow_after`: seconds, 0 for no slow-call lines."""
 
-    def __init__(self, mode: CallLogging, redactor: Redactor) -> None:
+    def __init__(self, mode: CallLogging, redactor: Redactor, slow_after: float = 0.0) -> None:
         self.mode = mode
         self.redactor = redactor
+        self.slow_after = slow_after
 
-    @property
-    def logs_successes(self) -> bool:
-        return self.mode is CallLogging.ALL
+    def logged_after(self, policy: MethodPolicy) -> float:
+        """How long a successful call of the method must take to get a line."""
+        if self.mode is CallLogging.ALL:
+            return 0.0
+        if self.mode is CallLogging.ERRORS and self._watches(policy):
+            return self.slow_after
+        return math.inf
+
+    def _watches(self, policy: MethodPolicy) -> bool:
+        return self.slow_after > 0 and policy.arity is Arity.UNARY_UNARY
 
     def write(self, call: ServerCall) -> None:
         code = call.code
+        slow = call.duration >= self.slow_after and self._watches(call.policy)
         if code is grpc.StatusCode.OK:
-            if not self.logs_successes or not _log.isEnabledFor(logging.INFO):
+            if slow and self.mode is not CallLogging.NONE:
+                level = logging.WARNING
+            elif self.mode is not CallLogging.ALL or not _log.isEnabledFor(logging.INFO):
                 return
-            level = logging.INFO
+            else:
+                level = logging.INFO
         elif self.mode is CallLogging.NONE or (
             self.mode is CallLogging.ERRORS and isinstance(call.error, LoadRejected)
         ):
@@ -77,6 +101,8 @@ class AccessLog:
             "span_id": call.span_id,
             "peer": call.context.peer(),
         }
+        if slow:
+            fields["slow"] = True
         if call.caller:
             fields["caller"] = call.caller
         user_id = user_id_var.get()
@@ -92,7 +118,7 @@ class AccessLog:
                 fields["error_message"] = f"{type(error).__name__}: {error}"
                 fields["stack_trace"] = "".join(traceback.format_exception(error))
         request = call.request
-        if request is not None and (error is not None or _log.isEnabledFor(logging.DEBUG)):
+        if request is not None and (error is not None or slow or _log.isEnabledFor(logging.DEBUG)):
             fields["request_details"] = (
                 f"<{request.size} bytes, not a valid message>"
                 if isinstance(request, Undecodable)

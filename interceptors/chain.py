@@ -177,7 +177,7 @@ class MethodChain:
         "check",
         "correlation",
         "deadline",
-        "log_successes",
+        "log_successes_after",
         "metrics",
         "rate_limit",
         "shedding",
@@ -186,13 +186,17 @@ class MethodChain:
     )
 
     def __init__(
-        self, steps: Steps, validator: RequestValidator, request_class: type[Message] | None
+        self,
+        policy: MethodPolicy,
+        steps: Steps,
+        validator: RequestValidator,
+        request_class: type[Message] | None,
     ) -> None:
         self.metrics = steps.metrics
         self.correlation = steps.correlation
         self.tracing = steps.tracing
         self.access_log = steps.access_log
-        self.log_successes = steps.access_log.logs_successes
+        self.log_successes_after = steps.access_log.logged_after(policy)
         self.authorization = steps.authorization
         self.deadline = steps.deadline
         self.rate_limit = steps.rate_limit
@@ -247,7 +251,7 @@ class MethodChain:
             self.deadline.end(call)
         except Exception:
             _log.exception("chain layer failed at end of call")
-        if call.code is not _OK or self.log_successes:
+        if call.code is not _OK or call.duration >= self.log_successes_after:
             try:  # formats the caller's request: must not keep the ends below from running
                 self.access_log.write(call)
             except Exception:
@@ -304,6 +308,7 @@ class ServerChain:
     def wrap(self, handler: grpc.RpcMethodHandler[Any, Any], policy: MethodPolicy) -> ChainedMethod:
         deserializer = handler.request_deserializer
         chain = MethodChain(
+            policy,
             self.steps_for(policy),
             self.validator,
             message_class_of(deserializer) if deserializer else None,

@@ -8,8 +8,8 @@ top to bottom before the handler, `end` bottom to top after it):
 2. correlation   - correlation id from the caller or new; echoed in trailers
 3. tracing       - server span, W3C trace context and baggage made current
                    (no exporter: only the caller's context, no span)
-4. access log    - a JSON line per failed call, or per call (written at `end`,
-                   so it sees the code)
+4. access log    - a JSON line per failed or slow call, or per call (written at
+                   `end`, so it sees the code)
 5. authorization - with TLS on, only calls that came over TLS; with mTLS
                    (TLS_CLIENT_CA_FILE), the caller's certificate identity,
                    checked against the method's allowed callers
@@ -72,7 +72,9 @@ def build_server_chain(
     metrics = RpcMetrics(registry, "server")
     correlation = CorrelationLayer()
     propagation = PropagationLayer()
-    access_log = AccessLog(CallLogging(config.log_calls), Redactor(config.log_redact_fields))
+    access_log = AccessLog(
+        CallLogging(config.log_calls), Redactor(config.log_redact_fields), config.log_slow_calls
+    )
     deadline = DeadlineLayer(config.max_deadline)
     limiter = AdaptiveLimit(
         ShedSettings(

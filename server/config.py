@@ -168,6 +168,13 @@ SETTINGS: tuple[Setting, ...] = (
         "ALL costs about 40% of a small handler's throughput (see `make bench`).",
     ),
     Setting(
+        "LOG_SLOW_CALLS_SECONDS",
+        "float",
+        "1",
+        "A unary call this slow or slower gets an access-log line marked `slow`, with its "
+        "sanitised request, at WARNING when it succeeded (0: no slow-call lines).",
+    ),
+    Setting(
         "LOG_REDACT_FIELDS",
         "list",
         "",
@@ -437,6 +444,7 @@ class ServerConfig:
     max_deadline: float
     error_domain: str
     log_calls: str
+    log_slow_calls: float
     log_redact_fields: tuple[str, ...]
     tracing_exporter: str
     tracing_sample_ratio: float
@@ -478,6 +486,7 @@ class ServerConfig:
             max_deadline=_positive(read, "MAX_DEADLINE_SECONDS"),
             error_domain=read.string("ERROR_DOMAIN"),
             log_calls=read.choice("LOG_CALLS", ("ALL", "ERRORS", "NONE")),
+            log_slow_calls=read.seconds("LOG_SLOW_CALLS_SECONDS"),
             log_redact_fields=read.names("LOG_REDACT_FIELDS"),
             tracing_exporter=read.choice("TRACING_EXPORTER", ("NONE", "CONSOLE", "OTLP")),
             tracing_sample_ratio=read.ratio("TRACING_SAMPLE_RATIO"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +159,44 @@ async def test_hostile_and_undecodable_requests_give_small_access_lines(tmp_path
     assert cut["request_details"]["message"].endswith("...[1000000 chars]")
     assert counted["request_details"] == "<4 bytes, not a valid message>"
     assert max(len(line) for line in output.splitlines()) < 8_000
+
+
+async def slowly(count: int) -> AsyncIterator[pb.CollectRequest]:
+    for _ in range(count):
+        await asyncio.sleep(0.2)
+        yield pb.CollectRequest(message="part")
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"LOG_SLOW_CALLS_SECONDS": "0.3"}, [("Echo", "WARNING", True)]),
+        (
+            {"LOG_SLOW_CALLS_SECONDS": "0.3", "LOG_CALLS": "ALL"},
+            [("Echo", "INFO", False), ("Echo", "WARNING", True), ("Collect", "INFO", False)],
+        ),
+        ({"LOG_SLOW_CALLS_SECONDS": "0"}, []),
+        ({"LOG_SLOW_CALLS_SECONDS": "0.3", "LOG_CALLS": "NONE"}, []),
+    ],
+    ids=["errors", "all", "off", "none"],
+)
+async def test_a_slow_unary_call_is_logged_even_when_it_succeeds(
+    tmp_path: Path, settings: dict[str, str], expected: list[tuple[str, str, bool]]
+) -> None:
+    """A fast call, a slow one (0.6 s) and a stream open for 0.6 s, all answered OK:
+    only the unary call past the threshold is slow; a stream lasts as long as it is used."""
+    with running_service("tests.support.echo:build", tmp_path, settings) as service:
+        channels = ChannelFactory()
+        client = EchoServiceClient(channels.connect(service.target))
+        await client.echo(pb.EchoRequest(message="fast"))
+        await client.echo(pb.EchoRequest(message="slow", delay_ms=600))
+        assert (await client.collect(slowly(3))).count == 3
+        await channels.close()
+        assert await asyncio.to_thread(service.terminate) == 0
+    lines = [r for r in json_lines(service.stderr()) if r.get("logger") == "grpc.access"]
+    seen = [(r["grpc_method"], r["log_level"], r.get("slow", False)) for r in lines]
+    assert seen == expected
+    assert all(line["grpc_code"] == "OK" for line in lines)
+    for slow in (line for line in lines if line.get("slow")):
+        assert slow["duration_ms"] >= 600
+        assert slow["request_details"] == {"message": "slow", "delay_ms": 600}

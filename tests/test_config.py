@@ -37,6 +37,7 @@ def test_defaults_parse() -> None:
         ("EVENT_LOOP", "trio"),
         ("SHUTDOWN_GRACE_SECONDS", "soon"),
         ("SHUTDOWN_DELAY_SECONDS", "-3"),
+        ("LOG_SLOW_CALLS_SECONDS", "1s"),
         ("GRPC_MAX_CONNECTION_AGE_SECONDS", "nan"),
         ("GRPC_MAX_RECEIVE_MESSAGE_BYTES", "12"),
         ("SHED_QUEUE_DELAY_SECONDS", "-0.05"),
