@@ -164,7 +164,8 @@ SETTINGS: tuple[Setting, ...] = (
         "LOG_CALLS",
         "ALL, ERRORS or NONE",
         "ERRORS",
-        "Which calls get an access-log line: every call, failed calls only, or none. "
+        "Which calls get an access-log line: every call, failed and slow calls "
+        "(`LOG_SLOW_CALLS_SECONDS`), or none. "
         "ALL costs about 40% of a small handler's throughput (see `make bench`).",
     ),
     Setting(
@@ -172,7 +173,8 @@ SETTINGS: tuple[Setting, ...] = (
         "float",
         "1",
         "A unary call this slow or slower gets an access-log line marked `slow`, with its "
-        "sanitised request, at WARNING when it succeeded (0: no slow-call lines).",
+        "sanitised request, at WARNING when it succeeded (0, or `LOG_CALLS=NONE`: no "
+        "slow-call lines).",
     ),
     Setting(
         "LOG_REDACT_FIELDS",

@@ -167,36 +167,47 @@ async def slowly(count: int) -> AsyncIterator[pb.CollectRequest]:
         yield pb.CollectRequest(message="part")
 
 
+SLOW_OK = ("Echo", "OK", "WARNING", True)
+SLOW_FAILURE = ("Echo", "FAILED_PRECONDITION", "WARNING", True)
+
+
 @pytest.mark.parametrize(
     ("settings", "expected"),
     [
-        ({"LOG_SLOW_CALLS_SECONDS": "0.3"}, [("Echo", "WARNING", True)]),
+        ({"LOG_SLOW_CALLS_SECONDS": "0.3"}, [SLOW_OK, SLOW_FAILURE]),
         (
             {"LOG_SLOW_CALLS_SECONDS": "0.3", "LOG_CALLS": "ALL"},
-            [("Echo", "INFO", False), ("Echo", "WARNING", True), ("Collect", "INFO", False)],
+            [
+                ("Echo", "OK", "INFO", False),
+                SLOW_OK,
+                SLOW_FAILURE,
+                ("Collect", "OK", "INFO", False),
+            ],
         ),
-        ({"LOG_SLOW_CALLS_SECONDS": "0"}, []),
+        ({"LOG_SLOW_CALLS_SECONDS": "0"}, [("Echo", "FAILED_PRECONDITION", "WARNING", False)]),
         ({"LOG_SLOW_CALLS_SECONDS": "0.3", "LOG_CALLS": "NONE"}, []),
     ],
     ids=["errors", "all", "off", "none"],
 )
 async def test_a_slow_unary_call_is_logged_even_when_it_succeeds(
-    tmp_path: Path, settings: dict[str, str], expected: list[tuple[str, str, bool]]
+    tmp_path: Path, settings: dict[str, str], expected: list[tuple[str, str, str, bool]]
 ) -> None:
-    """A fast call, a slow one (0.6 s) and a stream open for 0.6 s, all answered OK:
-    only the unary call past the threshold is slow; a stream lasts as long as it is used."""
+    """A fast call, a slow one (0.6 s), a slow failure and a stream open for 0.6 s: only
+    the unary calls past the threshold are slow; a stream lasts as long as it is used."""
     with running_service("tests.support.echo:build", tmp_path, settings) as service:
         channels = ChannelFactory()
         client = EchoServiceClient(channels.connect(service.target))
         await client.echo(pb.EchoRequest(message="fast"))
         await client.echo(pb.EchoRequest(message="slow", delay_ms=600))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await client.echo(pb.EchoRequest(message="fail:precondition", delay_ms=600))
         assert (await client.collect(slowly(3))).count == 3
         await channels.close()
         assert await asyncio.to_thread(service.terminate) == 0
     lines = [r for r in json_lines(service.stderr()) if r.get("logger") == "grpc.access"]
-    seen = [(r["grpc_method"], r["log_level"], r.get("slow", False)) for r in lines]
+    seen = [(r["grpc_method"], r["grpc_code"], r["log_level"], r.get("slow", False)) for r in lines]
     assert seen == expected
-    assert all(line["grpc_code"] == "OK" for line in lines)
     for slow in (line for line in lines if line.get("slow")):
-        assert slow["duration_ms"] >= 600
-        assert slow["request_details"] == {"message": "slow", "delay_ms": 600}
+        # The threshold, not the delay: uvloop's timers may end a sleep a millisecond early.
+        assert slow["duration_ms"] >= 300
+        assert slow["request_details"]["delay_ms"] == 600

@@ -72,8 +72,6 @@ class EchoService(EchoServiceServicer):
     async def echo(self, request: pb.EchoRequest, context: Context) -> pb.EchoResponse:
         self.arrivals += 1
         remaining = context.time_remaining() or 0.0
-        if request.message.startswith("fail:"):
-            raise FAULTS[request.message.removeprefix("fail:")]
         for prefix, clock in HOLDS.items():
             if request.message.startswith(prefix):
                 until = clock() + int(request.message.removeprefix(prefix)) / 1000
@@ -81,6 +79,8 @@ class EchoService(EchoServiceServicer):
                     pass
         if request.delay_ms:
             await asyncio.sleep(request.delay_ms / 1000)
+        if request.message.startswith("fail:"):
+            raise FAULTS[request.message.removeprefix("fail:")]
         if request.message == "relay" and self.downstream is not None:
             return await self.downstream.echo(pb.EchoRequest(message="relayed"))
         if request.message == NOT_SERIALIZABLE:
