@@ -30,13 +30,12 @@ from interceptors.errors import (
     encoded_status,
     to_status,
 )
-from server.application import Application, RuntimeContext
 from tests.conftest import StartRuntime
 from tests.support import echo
 from tests.support.moto import Moto
 from tests.support.net import BIN, ServiceProcess, running_service
 from tests.test_metrics import scrape, value
-from tests.test_streams import handled, replies_and_failure, series
+from tests.test_streams import handled, replies_and_failure, series, serving
 
 
 async def failing_call(client: EchoServiceClient, kind: str) -> grpc.aio.AioRpcError:
@@ -221,14 +220,10 @@ class WritingEcho(echo.EchoService):
         )
 
 
-async def build_writing(context: RuntimeContext) -> Application:
-    return Application(servicers=[WritingEcho()])
-
-
 async def test_a_handler_writing_its_stream_is_served_and_its_errors_mapped(
     start_runtime: StartRuntime, single_attempt_channels: ChannelFactory
 ) -> None:
-    runtime = await start_runtime(build_writing)
+    runtime = await start_runtime(serving(WritingEcho()))
     client = EchoServiceClient(single_attempt_channels.connect(f"127.0.0.1:{runtime.grpc_port}"))
     replies = [reply.index async for reply in client.expand(pb.ExpandRequest(message="x", count=1))]
     assert replies == [0, 1]
@@ -257,10 +252,6 @@ class LargeEcho(echo.EchoService):
         yield pb.ExpandResponse(message="x" * 200_000)
 
 
-async def build_large(context: RuntimeContext) -> Application:
-    return Application(servicers=[LargeEcho()])
-
-
 class WrongTypeEcho(echo.EchoService):
     """Answers with other methods' messages of the same wire shape as its own: protobuf
     serializes them, and the caller would parse them as its own, silently."""
@@ -275,20 +266,16 @@ class WrongTypeEcho(echo.EchoService):
         yield pb.CollectResponse(joined="x", count=1)  # type: ignore[misc]
 
 
-async def build_wrong_type(context: RuntimeContext) -> Application:
-    return Application(servicers=[WrongTypeEcho()])
-
-
 @pytest.mark.parametrize(
     ("build", "env", "logged"),
     [
         (
-            build_large,
+            serving(LargeEcho()),
             {"GRPC_MAX_SEND_MESSAGE_BYTES": "100000"},
             ("over GRPC_MAX_SEND_MESSAGE_BYTES", "over GRPC_MAX_SEND_MESSAGE_BYTES"),
         ),
         (
-            build_wrong_type,
+            serving(WrongTypeEcho()),
             {},
             (
                 "answered ChatResponse, not EchoResponse",

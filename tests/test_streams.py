@@ -291,11 +291,7 @@ async def test_messages_read_with_context_read_are_validated_and_counted(
     start_runtime: StartRuntime, channels: ChannelFactory
 ) -> None:
     servicer = ReadingEcho()
-
-    async def build(context: RuntimeContext) -> Application:
-        return Application(servicers=[servicer])
-
-    runtime = await start_runtime(build)
+    runtime = await start_runtime(serving(servicer))
     client = EchoServiceClient(channels.connect(f"127.0.0.1:{runtime.grpc_port}"))
 
     async def messages(*texts: str) -> Any:

@@ -2,10 +2,11 @@
 
 Run in-process through `build`, or as a process with
 `SERVICE=tests.support.echo:build python -m server`. `fail:<kind>` makes
-Echo (and Chat) raise the fault of FAULTS; `busy:<ms>` makes Echo hold the
-CPU (and so the event loop) for that long by the wall clock, as a CPU-bound
-handler does, and `cpu:<ms>` until the loop's thread has used that much CPU
-time (on a shared host the two differ by the time the thread waited its turn);
+Echo (after its `delay_ms`, so a failure can be slow) and Chat raise the
+fault of FAULTS; `busy:<ms>` makes Echo hold the CPU (and so the event
+loop) for that long by the wall clock, as a CPU-bound handler does, and
+`cpu:<ms>` until the loop's thread has used that much CPU time (on a
+shared host the two differ by the time the thread waited its turn);
 `relay` makes Echo call the service at `ECHO_DOWNSTREAM` and return its answer.
 Notify only counts, a handler of microseconds.
 """
